@@ -1,0 +1,47 @@
+"""Threads and executors for whichever concurrency mode Nova runs in.
+
+Nova runs either with native threads or with eventlet monkey patching
+(``nova.monkey_patch``). The plugin's generic pieces use the ``threading``
+module, which is green under eventlet; only the libvirt event loop must be
+a real OS thread in both modes, because libvirt's C event loop blocks.
+"""
+
+import concurrent.futures
+
+import futurist
+
+
+def threading_mode():
+    """True when Nova runs with native threads, False under eventlet."""
+    from nova import utils
+    return utils.concurrency_mode_threading()
+
+
+def native_threading():
+    """The unpatched ``threading`` module, whatever the mode."""
+    if threading_mode():
+        import threading
+        return threading
+    from eventlet import patcher
+    return patcher.original('threading')
+
+
+def native_queue():
+    """The unpatched ``queue`` module, whatever the mode."""
+    if threading_mode():
+        import queue
+        return queue
+    from eventlet import patcher
+    return patcher.original('queue')
+
+
+def make_executor(max_workers, name):
+    """A bounded executor whose workers fit the mode.
+
+    Native threads are named ``<name>_<n>`` so reports and tests can find
+    them; eventlet's green threads carry no OS-level name.
+    """
+    if threading_mode():
+        return concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix=name)
+    return futurist.GreenThreadPoolExecutor(max_workers=max_workers)

@@ -1,0 +1,59 @@
+"""The ``[lifecycle]`` options: every option of the plugin, in one place.
+
+``register_opts`` is called where the options are read; ``list_opts`` feeds
+``oslo-config-generator`` through the ``oslo.config.opts`` entry point.
+"""
+
+from oslo_config import cfg
+
+GROUP_NAME = 'lifecycle'
+
+lifecycle_group = cfg.OptGroup(
+    GROUP_NAME,
+    title='Instance lifecycle event options',
+    help="""
+Options of the nova-lifecycle plugin, which carries libvirt domain lifecycle
+events to the compute manager when ``[DEFAULT] compute_driver`` is
+``nova_lifecycle.LibvirtLifecycleDriver``.
+""")
+
+lifecycle_opts = [
+    cfg.FloatOpt(
+        'stopped_event_delay',
+        default=15.0,
+        min=0.0,
+        help="""
+Seconds a STOPPED lifecycle event is held before it reaches the compute
+manager.
+
+A reboot makes libvirt send STOPPED and then STARTED for the same domain.
+Holding STOPPED gives the following event time to arrive and cancel it, so
+the manager does not stop an instance that is only rebooting. Any later
+lifecycle event for the same instance cancels a held STOPPED. The default
+matches the delay upstream Nova uses. 0 delivers STOPPED at once.
+"""),
+    cfg.IntOpt(
+        'dispatch_workers',
+        default=8,
+        min=1,
+        help="""
+Most lifecycle events handled at the same time.
+
+Events of one instance are always handled one after the other, in the order
+libvirt sent them; events of different instances are handled concurrently
+by up to this many workers. The libvirt event loop never waits for them.
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_group(lifecycle_group)
+    conf.register_opts(lifecycle_opts, group=lifecycle_group)
+
+
+def list_opts():
+    return [(lifecycle_group, lifecycle_opts)]
+
+
+CONF = cfg.CONF
+register_opts(CONF)
