@@ -7,8 +7,28 @@ a real OS thread in both modes, because libvirt's C event loop blocks.
 """
 
 import concurrent.futures
+import threading
 
 import futurist
+
+
+# Every thread the plugin starts is named with this prefix.
+THREAD_PREFIX = 'lifecycle-'
+
+
+def plugin_threads():
+    """Sorted names of the plugin's threads that are alive.
+
+    Native threads and eventlet green threads started through ``threading``
+    are listed; futurist's green pool workers carry no name and are checked
+    through their executor instead.
+    """
+    found = {}
+    for module in (threading, native_threading()):
+        for thread in module.enumerate():
+            if thread.name.startswith(THREAD_PREFIX) and thread.is_alive():
+                found[id(thread)] = thread.name
+    return sorted(found.values())
 
 
 def threading_mode():
@@ -33,6 +53,15 @@ def native_queue():
         return queue
     from eventlet import patcher
     return patcher.original('queue')
+
+
+def native_time():
+    """The unpatched ``time`` module, whatever the mode."""
+    if threading_mode():
+        import time
+        return time
+    from eventlet import patcher
+    return patcher.original('time')
 
 
 def make_executor(max_workers, name):

@@ -1,0 +1,50 @@
+"""Load the plugin the way nova-compute does and say what was loaded.
+
+``python -m nova_lifecycle.cmd.selfcheck`` picks the concurrency mode like
+Nova's services (``nova.monkey_patch``), resolves
+``compute_driver = nova_lifecycle.LibvirtLifecycleDriver`` through
+``nova.virt.driver.load_compute_driver`` and prints the class it got, its
+place in the libvirt driver's hierarchy and the ``[lifecycle]`` options.
+It connects to no hypervisor. Exit status 0 means the plugin loads.
+"""
+
+import sys
+
+
+def main(argv=None):
+    from nova import monkey_patch
+    monkey_patch.patch()
+
+    from nova import config
+    from nova.virt import driver
+    from nova.virt.libvirt import driver as libvirt_driver
+    from nova.virt import virtapi
+
+    from nova_lifecycle import conf
+
+    config.parse_args([sys.argv[0]] + list(argv or []), configure_db=False)
+    name = 'nova_lifecycle.LibvirtLifecycleDriver'
+    loaded = driver.load_compute_driver(virtapi.VirtAPI(), name)
+    cls = type(loaded)
+    ok = isinstance(loaded, libvirt_driver.LibvirtDriver)
+    from nova import utils
+    print('compute_driver = %s' % name)
+    print('loaded: %s.%s' % (cls.__module__, cls.__qualname__))
+    print('subclass of nova.virt.libvirt.driver.LibvirtDriver: %s' % ok)
+    print('nova: %s, concurrency: %s' % (
+        _nova_version(),
+        'threading' if utils.concurrency_mode_threading() else 'eventlet'))
+    print('[%s]' % conf.GROUP_NAME)
+    for opt in conf.lifecycle_opts:
+        print('  %s = %s' % (opt.dest,
+                             getattr(conf.CONF.lifecycle, opt.dest)))
+    return 0 if ok else 1
+
+
+def _nova_version():
+    from importlib import metadata
+    return metadata.version('nova')
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

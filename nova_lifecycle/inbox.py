@@ -1,0 +1,123 @@
+"""Hand items from a native OS thread to the service's own threads.
+
+libvirt's event loop is a native thread. Under native threading it may call
+the plugin directly, as long as that never blocks; under eventlet it must
+not touch green primitives, so items cross over through a native queue and
+a self-pipe that wakes one green thread. Both inboxes have the same
+interface: ``put`` from any thread, never blocking; ``start``; ``stop``.
+"""
+
+import logging
+import os
+
+LOG = logging.getLogger(__name__)
+
+
+class DirectInbox:
+    """Native threading: the handler runs on the caller's thread.
+
+    The handler must not block; an exception from it is logged and never
+    reaches the caller (the libvirt loop must keep running).
+    """
+
+    def __init__(self, handler, name):
+        self._handler = handler
+        self._name = name
+
+    def start(self):
+        pass
+
+    def put(self, item):
+        try:
+            self._handler(item)
+        except Exception:
+            LOG.exception('%s: handling %r failed', self._name, item)
+
+    def stop(self, timeout=None):
+        return True
+
+    def is_alive(self):
+        return False
+
+
+_STOP = object()
+
+
+class GreenPipeInbox:
+    """Eventlet: a native queue plus a self-pipe read by a green thread.
+
+    ``put`` writes at most one byte per wake-up (a flag under a native lock
+    says whether the reader is already due to run), so a burst can never
+    fill the pipe and block the native thread.
+    """
+
+    def __init__(self, handler, name):
+        from eventlet import greenio
+        from eventlet import patcher
+        self._handler = handler
+        self._name = name
+        native_queue = patcher.original('queue')
+        self._items = native_queue.SimpleQueue()
+        self._empty = native_queue.Empty
+        self._signal_lock = patcher.original('threading').Lock()
+        self._signalled = False
+        read_fd, self._write_fd = os.pipe()
+        self._reader = greenio.GreenPipe(read_fd, 'rb', 0)
+        self._thread = None
+        self._stopped = False
+
+    def start(self):
+        import threading  # green under eventlet
+        self._thread = threading.Thread(target=self._run, name=self._name,
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, item):
+        if self._stopped:
+            raise RuntimeError('%s is stopped' % self._name)
+        self._items.put(item)
+        with self._signal_lock:
+            if self._signalled:
+                return
+            self._signalled = True
+        os.write(self._write_fd, b'.')
+
+    def stop(self, timeout=None):
+        """Let the reader handle what was put so far, then end it."""
+        if self._stopped:
+            return True
+        if self._thread is not None:
+            self.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        self._stopped = True
+        self._reader.close()
+        os.close(self._write_fd)
+        return True
+
+    def is_alive(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self):
+        while True:
+            if not self._reader.read(1):
+                return
+            with self._signal_lock:
+                self._signalled = False
+            while True:
+                try:
+                    item = self._items.get_nowait()
+                except self._empty:
+                    break
+                if item is _STOP:
+                    return
+                try:
+                    self._handler(item)
+                except Exception:
+                    LOG.exception('%s: handling %r failed', self._name, item)
+
+
+def make_inbox(handler, name, green):
+    """The inbox for the mode: ``green`` is True under eventlet."""
+    return (GreenPipeInbox if green else DirectInbox)(handler, name)

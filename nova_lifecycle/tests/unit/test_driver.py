@@ -1,0 +1,210 @@
+"""LibvirtLifecycleDriver on Nova's fake libvirt: the emitters end to end."""
+
+import threading
+
+import fixtures
+from nova import test
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.virt import event as virtevent
+from nova.virt import fake
+from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import host as nova_host
+
+from nova_lifecycle import concurrency
+from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.virt import driver as lc_driver
+from nova_lifecycle.virt import eventloop
+from nova_lifecycle.virt import events
+from nova_lifecycle.virt import host as lc_host
+
+WAIT = 10
+UUID = '11111111-2222-3333-4444-555555555555'
+DOMAIN_XML = """<domain type='kvm'>
+  <name>instance-00000001</name>
+  <uuid>%s</uuid>
+  <memory>1048576</memory>
+  <vcpu>1</vcpu>
+  <os><type>hvm</type></os>
+  <devices/>
+</domain>""" % UUID
+
+
+class Listener:
+    """The compute manager's place: records events, signals each one."""
+
+    def __init__(self):
+        self.events = []
+        self.threads = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.threads.append(threading.current_thread().name)
+            self.cond.notify_all()
+
+    def wait_for(self, count):
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.events) >= count,
+                                      WAIT)
+
+
+class DriverTestCase(test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(lc_fixtures.NoThreadLeftBehind())
+        self.useFixture(fixtures.Timeout(base.TEST_TIMEOUT, gentle=True))
+        self.useFixture(fakelibvirt.LibvirtFixture())
+        self.flags(stopped_event_delay=0.05, group='lifecycle')
+        self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
+                                                       False)
+        self.listener = Listener()
+
+    def start_events(self):
+        """What init_host does for events, without the rest of init_host."""
+        self.driver._pipeline.start()
+        self.driver._host.initialize()
+        self.addCleanup(self.driver.cleanup_host, 'compute1')
+        return self.driver._host.get_connection()
+
+
+class LoadedDriverTest(DriverTestCase):
+
+    def test_is_a_libvirt_driver_with_the_plugin_host(self):
+        self.assertIsInstance(self.driver, libvirt_driver.LibvirtDriver)
+        self.assertIsInstance(self.driver._host, lc_host.LifecycleHost)
+        self.assertIsInstance(self.driver._host, nova_host.Host)
+        self.assertIs(self.driver._host, self.driver.vif_driver.host)
+
+    def test_options_reach_the_pipeline(self):
+        self.flags(stopped_event_delay=7, dispatch_workers=3,
+                   group='lifecycle')
+        driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
+        self.assertEqual(7, driver._pipeline._delayed.delay)
+        self.assertEqual(3, driver._pipeline._executor._max_workers)
+
+
+class EventPathTest(DriverTestCase):
+
+    def test_domain_event_reaches_listener_off_the_libvirt_thread(self):
+        self.driver.register_event_listener(self.listener)
+        conn = self.start_events()
+        conn.createXML(DOMAIN_XML, 0)
+        self.assertTrue(self.listener.wait_for(1))
+        event = self.listener.events[0]
+        self.assertIsInstance(event, virtevent.LifecycleEvent)
+        self.assertEqual(UUID, event.uuid)
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_STARTED, event.transition)
+        self.assertEqual('STARTED_BOOTED', event.detail_name)
+        self.assertNotEqual(eventloop.THREAD_NAME, self.listener.threads[0])
+
+    def test_stopped_waits_and_a_reboot_cancels_it(self):
+        self.flags(stopped_event_delay=60, group='lifecycle')
+        driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
+        self.driver = driver
+        driver.register_event_listener(self.listener)
+        conn = self.start_events()
+        dom = conn.createXML(DOMAIN_XML, 0)
+        self.assertTrue(self.listener.wait_for(1))
+        # A hard reboot as libvirt reports it.
+        conn._emit_lifecycle(dom, events.STOPPED, events.STOPPED_DESTROYED)
+        conn._emit_lifecycle(dom, events.RESUMED, 0)
+        conn._emit_lifecycle(dom, events.STARTED, 0)
+        self.assertTrue(self.listener.wait_for(3))
+        self.assertEqual(
+            [virtevent.EVENT_LIFECYCLE_STARTED,
+             virtevent.EVENT_LIFECYCLE_RESUMED,
+             virtevent.EVENT_LIFECYCLE_STARTED],
+            [e.transition for e in self.listener.events])
+        self.assertTrue(driver._pipeline.ledger.wait_settled(4, WAIT))
+        self.assertEqual({'superseded by Resumed': 1},
+                         driver.lifecycle_stats()['cancelled_by_reason'])
+
+    def test_unregistered_listener_events_are_counted_not_lost(self):
+        conn = self.start_events()
+        self.driver.register_event_listener(self.listener)
+        self.driver.register_event_listener(None)
+        conn.createXML(DOMAIN_XML, 0)
+        ledger = self.driver._pipeline.ledger
+        self.assertTrue(ledger.wait_received(1, WAIT))
+        self.assertTrue(ledger.wait_settled(ledger.received, WAIT))
+        self.assertEqual([], self.listener.events)
+        self.assertIn('no listener',
+                      self.driver.lifecycle_stats()['cancelled_by_reason'])
+
+    def test_queue_event_accepts_events_from_any_thread(self):
+        self.driver.register_event_listener(self.listener)
+        self.start_events()
+        event = virtevent.LifecycleEvent(UUID,
+                                         virtevent.EVENT_LIFECYCLE_PAUSED)
+        thread = concurrency.native_threading().Thread(
+            target=self.driver.queue_event, args=(event,), name='caller')
+        thread.start()
+        thread.join(WAIT)
+        self.assertTrue(self.listener.wait_for(1))
+        self.assertIs(event, self.listener.events[0])
+
+    def test_emit_event_delivers_synchronously(self):
+        self.driver.register_event_listener(self.listener)
+        event = virtevent.LifecycleEvent(UUID,
+                                         virtevent.EVENT_LIFECYCLE_PAUSED)
+        self.driver.emit_event(event)
+        self.assertEqual([event], self.listener.events)
+
+    def test_emit_event_rejects_non_events(self):
+        self.assertRaises(ValueError, self.driver.emit_event, 'not an event')
+
+    def test_emit_event_logs_listener_failure(self):
+        def broken(event):
+            raise RuntimeError('handler broke')
+
+        self.driver.register_event_listener(broken)
+        self.driver.emit_event(virtevent.LifecycleEvent(
+            UUID, virtevent.EVENT_LIFECYCLE_PAUSED))
+        self.assertIn('handler broke', self.stdlog.logger.output)
+
+
+class ConnectionAndShutdownTest(DriverTestCase):
+
+    def test_connection_closed_reaches_the_driver_off_libvirt_thread(self):
+        seen = []
+        done = threading.Event()
+
+        def set_host_enabled(enabled, reason):
+            seen.append((enabled, reason, threading.current_thread().name))
+            if not enabled:
+                done.set()
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver, '_set_host_enabled', side_effect=set_host_enabled))
+        conn = self.start_events()
+        self.driver._host._close_callback(conn, 'libvirtd went away', None)
+        self.assertTrue(done.wait(WAIT))
+        enabled, reason, thread = seen[-1]
+        self.assertFalse(enabled)
+        self.assertIn('libvirtd went away', reason)
+        self.assertEqual(lc_host.CONN_THREAD_NAME, thread)
+
+    def test_cleanup_host_stops_every_plugin_thread(self):
+        self.flags(stopped_event_delay=3600, group='lifecycle')
+        driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
+        self.driver = driver
+        driver.register_event_listener(self.listener)
+        driver._pipeline.start()
+        driver._host.initialize()
+        conn = driver._host.get_connection()
+        dom = conn.createXML(DOMAIN_XML, 0)
+        conn._emit_lifecycle(dom, events.STOPPED, events.STOPPED_SHUTDOWN)
+        self.assertTrue(driver._pipeline.ledger.wait_received(2, WAIT))
+        self.assertIn(eventloop.THREAD_NAME,
+                      driver.lifecycle_threads_alive())
+        driver.cleanup_host('compute1')
+        self.assertEqual([], driver.lifecycle_threads_alive())
+        stats = driver.lifecycle_stats()
+        self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
+        self.assertEqual(0, stats['pending'])
+        self.assertIn('Pending STOPPED event for instance %s dropped by '
+                      'shutdown' % UUID, self.stdlog.logger.output)

@@ -1,0 +1,373 @@
+"""The event pipeline: order, holding STOPPED, bad input, accounting."""
+
+import collections
+import logging
+import threading
+
+import fixtures
+from nova.virt import event as virtevent
+from nova.virt.libvirt import event as libvirtevent
+
+from nova_lifecycle import concurrency
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.virt import events
+from nova_lifecycle.virt import pipeline
+
+WAIT = 10
+UUID_A = 'aaaaaaaa-0000-0000-0000-000000000001'
+UUID_B = 'bbbbbbbb-0000-0000-0000-000000000002'
+
+STARTED = virtevent.EVENT_LIFECYCLE_STARTED
+STOPPED = virtevent.EVENT_LIFECYCLE_STOPPED
+PAUSED = virtevent.EVENT_LIFECYCLE_PAUSED
+RESUMED = virtevent.EVENT_LIFECYCLE_RESUMED
+
+_LIBVIRT_TYPE = {STARTED: events.STARTED, STOPPED: events.STOPPED,
+                 PAUSED: events.SUSPENDED, RESUMED: events.RESUMED}
+
+
+def lifecycle(uuid, transition, detail=0, libvirt_event=None):
+    if libvirt_event is None:
+        libvirt_event = _LIBVIRT_TYPE[transition]
+    return events.DomainLifecycleEvent(uuid, transition, libvirt_event,
+                                       detail)
+
+
+class Recorder:
+    """A listener that records deliveries and can be made slow or fail."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.events = []
+        self.threads = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_for = set()
+        self.listening = True
+        self.delivered = threading.Condition(self.lock)
+
+    def __call__(self, event):
+        self.gate.wait(WAIT)
+        if not self.listening:
+            return False
+        if getattr(event, 'transition', None) in self.fail_for:
+            raise RuntimeError('listener failed on %s' % event.get_name())
+        with self.lock:
+            self.events.append(event)
+            self.threads.append(threading.current_thread().name)
+            self.delivered.notify_all()
+        return True
+
+    def wait_for(self, count):
+        with self.lock:
+            ok = self.delivered.wait_for(lambda: len(self.events) >= count,
+                                         WAIT)
+        assert ok, 'only %d of %d events delivered' % (len(self.events),
+                                                         count)
+
+    def transitions(self, uuid=None):
+        with self.lock:
+            return [e.transition for e in self.events
+                    if uuid is None or e.uuid == uuid]
+
+
+class PipelineTestCase(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(lc_fixtures.NoThreadLeftBehind())
+        self.logs = self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
+        self.recorder = Recorder()
+
+    def make(self, delay=60.0, workers=4):
+        p = pipeline.EventPipeline(
+            self.recorder, delay, workers,
+            green=not concurrency.threading_mode())
+        p.start()
+        self.addCleanup(self.assert_balanced, p)
+        self.addCleanup(p.stop)
+        return p
+
+    def assert_balanced(self, p):
+        self.assertTrue(p.ledger.balanced(), p.ledger.snapshot())
+
+    def wait_ended(self, p, count):
+        """Wait until ``count`` events have ended; return the counters."""
+        self.assertTrue(p.ledger.wait_settled(count, WAIT),
+                        p.ledger.snapshot())
+        return p.ledger.snapshot()
+
+
+class OrderAndConcurrencyTest(PipelineTestCase):
+
+    def test_per_instance_order_across_many_instances(self):
+        p = self.make(workers=4)
+        sequence = [STARTED, PAUSED, RESUMED, PAUSED, RESUMED] * 20
+        uuids = ['%08d-0000-0000-0000-000000000000' % i for i in range(10)]
+        for transition in sequence:
+            for uuid in uuids:
+                p.queue_event(lifecycle(uuid, transition))
+        self.recorder.wait_for(len(sequence) * len(uuids))
+        for uuid in uuids:
+            self.assertEqual(sequence, self.recorder.transitions(uuid))
+        self.assertEqual(len(sequence) * len(uuids),
+                         p.ledger.snapshot()['delivered'])
+
+    def test_queue_event_never_waits_for_the_listener(self):
+        p = self.make(workers=2)
+        self.recorder.gate.clear()
+        for i in range(500):
+            p.queue_event(lifecycle(UUID_A if i % 2 else UUID_B, PAUSED))
+        # Every call above returned while the listener was blocked.
+        self.assertEqual([], self.recorder.transitions())
+        self.recorder.gate.set()
+        self.recorder.wait_for(500)
+
+    def test_listener_runs_on_a_dispatch_worker(self):
+        p = self.make()
+        caller = concurrency.native_threading().Thread(
+            target=p.queue_event, args=(lifecycle(UUID_A, STARTED),),
+            name='fake-libvirt-loop')
+        caller.start()
+        caller.join(WAIT)
+        self.recorder.wait_for(1)
+        self.assertNotEqual('fake-libvirt-loop', self.recorder.threads[0])
+
+    def test_slow_instance_does_not_stall_others(self):
+        p = self.make(workers=2)
+        blocker = threading.Event()
+        original = self.recorder.__call__
+
+        def listener(event):
+            if event.uuid == UUID_A:
+                blocker.wait(WAIT)
+            return original(event)
+
+        p._deliver = listener
+        p.queue_event(lifecycle(UUID_A, STARTED))
+        p.queue_event(lifecycle(UUID_B, STARTED))
+        self.recorder.wait_for(1)
+        self.assertEqual([UUID_B], [e.uuid for e in self.recorder.events])
+        blocker.set()
+        self.recorder.wait_for(2)
+
+
+class HeldStoppedTest(PipelineTestCase):
+
+    def test_stopped_is_delivered_after_the_delay(self):
+        p = self.make(delay=0.05)
+        event = lifecycle(UUID_A, STOPPED, events.STOPPED_SHUTDOWN)
+        p.queue_event(event)
+        self.recorder.wait_for(1)
+        delivered = self.recorder.events[0]
+        self.assertIs(event, delivered)
+        self.assertEqual('STOPPED_SHUTDOWN', delivered.detail_name)
+
+    def test_later_event_cancels_held_stopped(self):
+        p = self.make(delay=60)
+        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_DESTROYED))
+        self.assertTrue(p.ledger.wait_received(1, WAIT))
+        self.assertEqual([UUID_A], [u for u, _ in p.held_stops()])
+        p.queue_event(lifecycle(UUID_A, RESUMED))
+        p.queue_event(lifecycle(UUID_A, STARTED))
+        self.recorder.wait_for(2)
+        self.assertEqual([RESUMED, STARTED], self.recorder.transitions())
+        stats = self.wait_ended(p, 3)
+        self.assertEqual({'superseded by Resumed': 1},
+                         stats['cancelled_by_reason'])
+        self.assertEqual([], p.held_stops())
+        self.assertIn('STOPPED event for instance %s cancelled: superseded'
+                      % UUID_A, self.logs.output)
+
+    def test_hard_reboot_sequence_delivers_no_stop(self):
+        p = self.make(delay=60)
+        for transition in (STOPPED, RESUMED, STARTED):
+            p.queue_event(lifecycle(UUID_A, transition))
+        self.recorder.wait_for(2)
+        self.assertNotIn(STOPPED, self.recorder.transitions())
+
+    def test_other_instance_does_not_cancel(self):
+        p = self.make(delay=0.1)
+        p.queue_event(lifecycle(UUID_A, STOPPED))
+        p.queue_event(lifecycle(UUID_B, STARTED))
+        self.recorder.wait_for(2)
+        self.assertEqual([STOPPED], self.recorder.transitions(UUID_A))
+
+    def test_device_event_does_not_cancel(self):
+        p = self.make(delay=0.1)
+        p.queue_event(lifecycle(UUID_A, STOPPED))
+        p.queue_event(libvirtevent.DeviceRemovedEvent(UUID_A, 'virtio-disk1'))
+        self.recorder.wait_for(2)
+        self.assertEqual(STOPPED, self.recorder.events[-1].transition)
+        self.assertIsInstance(self.recorder.events[0],
+                              libvirtevent.DeviceRemovedEvent)
+
+    def test_second_stopped_replaces_the_first(self):
+        p = self.make(delay=0.1)
+        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_SHUTDOWN))
+        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_DESTROYED))
+        self.recorder.wait_for(1)
+        stats = self.wait_ended(p, 2)
+        self.assertEqual(['STOPPED_DESTROYED'],
+                         [e.detail_name for e in self.recorder.events])
+        self.assertEqual(1, stats['cancelled'])
+
+    def test_event_racing_the_deadline_still_supersedes(self):
+        """The delay ran out, but a newer event got in before release."""
+        p = self.make(delay=0)
+        gate = threading.Event()
+        entered = threading.Event()
+        release = p._release
+
+        def late_release(stop):
+            entered.set()
+            gate.wait(WAIT)
+            return release(stop)
+
+        p._release = late_release
+        p.queue_event(lifecycle(UUID_A, STOPPED))
+        self.assertTrue(entered.wait(WAIT))
+        # The held Future is running now, so it can no longer be cancelled.
+        p.queue_event(lifecycle(UUID_A, STARTED))
+        self.assertTrue(p.ledger.wait_received(2, WAIT))
+        gate.set()
+        stats = self.wait_ended(p, 2)
+        self.assertEqual([STARTED], self.recorder.transitions())
+        self.assertEqual({'superseded by Started': 1},
+                         stats['cancelled_by_reason'])
+
+
+class BadInputTest(PipelineTestCase):
+
+    def test_listener_failure_is_counted_and_next_event_still_runs(self):
+        p = self.make()
+        self.recorder.fail_for = {PAUSED}
+        p.queue_event(lifecycle(UUID_A, PAUSED))
+        p.queue_event(lifecycle(UUID_A, RESUMED))
+        self.recorder.wait_for(1)
+        stats = self.wait_ended(p, 2)
+        self.assertEqual(1, stats['failed'])
+        self.assertEqual({'RuntimeError': 1}, stats['failed_by_error'])
+        self.assertIn('Handling event', self.logs.output)
+        self.assertIn(UUID_A, self.logs.output)
+
+    def test_no_listener_cancels_with_reason(self):
+        p = self.make()
+        self.recorder.listening = False
+        p.queue_event(lifecycle(UUID_A, STARTED))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'no listener': 1}, stats['cancelled_by_reason'])
+
+    def test_unknown_event_type_logged_once(self):
+        p = self.make()
+        for _ in range(3):
+            p.queue_event(events.DomainLifecycleEvent(UUID_A, None, 42, 0))
+        stats = self.wait_ended(p, 3)
+        self.assertEqual({'no Nova transition': 3},
+                         stats['cancelled_by_reason'])
+        self.assertEqual(1, self.logs.output.count('UNKNOWN(42)'))
+        self.assertIn(UUID_A, self.logs.output)
+
+    def test_unknown_detail_delivered_and_logged_once(self):
+        p = self.make()
+        for _ in range(2):
+            p.queue_event(lifecycle(UUID_A, PAUSED, detail=99))
+        self.recorder.wait_for(2)
+        self.assertEqual(1, self.logs.output.count('SUSPENDED_UNKNOWN(99)'))
+
+    def test_event_without_uuid_fails_with_a_warning(self):
+        p = self.make()
+        p.queue_event(events.DomainLifecycleEvent(
+            None, None, events.STOPPED, 0, error='cannot read domain UUID'))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'BadLifecycleEvent': 1}, stats['failed_by_error'])
+        self.assertIn('cannot read domain UUID', self.logs.output)
+
+    def test_non_instance_item_goes_to_route_other(self):
+        routed = []
+        p = pipeline.EventPipeline(self.recorder, 60, 1,
+                                   green=not concurrency.threading_mode(),
+                                   route_other=routed.append)
+        p.start()
+        p.queue_event({'conn': None, 'reason': 'gone'})
+        p.stop()
+        self.assertEqual([{'conn': None, 'reason': 'gone'}], routed)
+        self.assertEqual(0, p.ledger.snapshot()['received'])
+
+
+class ShutdownTest(PipelineTestCase):
+
+    def test_stop_drops_held_stopped_with_a_line_per_instance(self):
+        p = self.make(delay=3600)
+        p.queue_event(lifecycle(UUID_A, STOPPED))
+        p.queue_event(lifecycle(UUID_B, STOPPED))
+        p.stop()
+        stats = p.ledger.snapshot()
+        self.assertEqual({'shutdown': 2}, stats['cancelled_by_reason'])
+        for uuid in (UUID_A, UUID_B):
+            self.assertIn('Pending STOPPED event for instance %s dropped by '
+                          'shutdown' % uuid, self.logs.output)
+        self.assertEqual([], concurrency.plugin_threads())
+
+    def test_events_queued_before_stop_are_delivered(self):
+        p = self.make(workers=1)
+        self.recorder.gate.clear()
+        for _ in range(20):
+            p.queue_event(lifecycle(UUID_A, PAUSED))
+        self.recorder.gate.set()
+        p.stop()
+        self.assertEqual(20, p.ledger.snapshot()['delivered'])
+
+    def test_event_after_stop_is_refused_or_counted(self):
+        p = self.make()
+        p.stop()
+        if concurrency.threading_mode():
+            p.queue_event(lifecycle(UUID_A, STARTED))
+            stats = p.ledger.snapshot()
+            self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
+            self.assertIn('arrived during shutdown', self.logs.output)
+        else:
+            self.assertRaises(RuntimeError, p.queue_event,
+                              lifecycle(UUID_A, STARTED))
+
+    def test_stop_twice_is_harmless(self):
+        p = self.make()
+        p.stop()
+        p.stop()
+        self.assertEqual([], concurrency.plugin_threads())
+
+
+class StressTest(PipelineTestCase):
+
+    def test_threads_emitting_for_overlapping_instances(self):
+        import random
+        p = self.make(delay=0.001, workers=4)
+        uuids = ['%08d-0000-0000-0000-000000000000' % i for i in range(20)]
+        choices = [STARTED, STOPPED, PAUSED, RESUMED]
+        sent = collections.defaultdict(list)
+        lock = threading.Lock()
+
+        def emitter(seed):
+            rng = random.Random(seed)
+            for _ in range(300):
+                uuid = rng.choice(uuids)
+                with lock:  # per-instance send order is the lock's order
+                    event = lifecycle(uuid, rng.choice(choices))
+                    sent[uuid].append(event)
+                    p.queue_event(event)
+
+        threads = [threading.Thread(target=emitter, args=(s,),
+                                    name='emitter-%d' % s) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        stats = self.wait_ended(p, 1800)
+        self.assertTrue(p.ledger.balanced(), stats)
+        self.assertEqual(1800, stats['received'])
+        for uuid in uuids:
+            got = [e for e in self.recorder.events if e.uuid == uuid]
+            # Delivered events are a subsequence of what was sent, in order.
+            it = iter(sent[uuid])
+            self.assertTrue(all(any(g is s for s in it) for g in got))

@@ -1,0 +1,91 @@
+"""libvirt's default event loop on a native thread that can be stopped.
+
+libvirt delivers domain events and keepalives only while
+``virEventRunDefaultImpl`` is being called. Upstream Nova runs it forever
+on an unnamed daemon thread; here it has a name, an owner and a ``stop``
+that wakes the loop with a zero-delay libvirt timer.
+
+The loop thread must never log or touch green primitives (under eventlet
+it is outside the hub), so errors are only counted and kept for the owner.
+"""
+
+from nova_lifecycle import concurrency
+from nova_lifecycle.virt import events
+
+THREAD_NAME = 'lifecycle-libvirt-loop'
+
+# After this many failures in a row the loop pauses between iterations so a
+# broken libvirt cannot spin a core.
+_FAILURES_BEFORE_BACKOFF = 10
+_BACKOFF_SECONDS = 0.5
+
+
+class LibvirtEventLoop:
+    """Owns the native thread that runs libvirt's default event loop."""
+
+    def __init__(self, name=THREAD_NAME):
+        self._name = name
+        self._thread = None
+        self._stopping = False
+        self.failures = 0
+        self.last_error = None
+
+    def register(self):
+        """Register libvirt's default loop; must precede any connection."""
+        events.libvirt_module().virEventRegisterDefaultImpl()
+
+    def start(self):
+        if self._thread is not None:
+            return
+        self._stopping = False
+        native = concurrency.native_threading()
+        self._thread = native.Thread(target=self._run, name=self._name,
+                                     daemon=True)
+        self._thread.start()
+
+    def is_alive(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout=10):
+        """Ask the loop to end and wait for it; True once it has ended."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._stopping = True
+        self._wake()
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
+
+    def _wake(self):
+        libvirt = events.libvirt_module()
+        add_timeout = getattr(libvirt, 'virEventAddTimeout', None)
+        if add_timeout is None:
+            # Nova's fake libvirt: its loop iteration ends by itself.
+            return
+        try:
+            add_timeout(0, _remove_timer, None)
+        except Exception as exc:
+            self.last_error = exc
+
+    def _run(self):
+        libvirt = events.libvirt_module()
+        native_time = concurrency.native_time()
+        consecutive = 0
+        while not self._stopping:
+            try:
+                libvirt.virEventRunDefaultImpl()
+                consecutive = 0
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = exc
+                consecutive += 1
+                if consecutive >= _FAILURES_BEFORE_BACKOFF:
+                    native_time.sleep(_BACKOFF_SECONDS)
+
+
+def _remove_timer(timer, opaque):
+    """A one-shot libvirt timer: it only serves to wake the loop."""
+    events.libvirt_module().virEventRemoveTimeout(timer)

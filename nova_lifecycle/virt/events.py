@@ -1,0 +1,158 @@
+"""libvirt domain lifecycle callbacks -> ``nova.virt.event`` objects.
+
+The translation keeps Nova's transition mapping and adds what upstream
+drops: libvirt's own event and detail numbers, so later decisions can tell
+a guest that shut itself down from one that was destroyed or crashed.
+
+:func:`translate` runs on libvirt's native event-loop thread. It may call
+libvirt but must not log (under eventlet that thread must not touch green
+primitives), so anything odd is recorded on the event and reported by
+whoever picks it up.
+"""
+
+import time
+
+from nova.virt import event as virtevent
+from nova.virt.libvirt import guest as libvirt_guest
+from nova.virt.libvirt import migration as libvirt_migration
+
+
+def libvirt_module():
+    """The libvirt module Nova's libvirt host uses (real or Nova's fake)."""
+    from nova.virt.libvirt import host
+    return host.libvirt
+
+
+# libvirt event type -> (name, {detail: name}); numbers from libvirt's API.
+_EVENT_NAMES = {
+    0: ('DEFINED', {0: 'ADDED', 1: 'UPDATED', 2: 'RENAMED',
+                    3: 'FROM_SNAPSHOT'}),
+    1: ('UNDEFINED', {0: 'REMOVED', 1: 'RENAMED'}),
+    2: ('STARTED', {0: 'BOOTED', 1: 'MIGRATED', 2: 'RESTORED',
+                    3: 'FROM_SNAPSHOT', 4: 'WAKEUP', 5: 'RECREATED'}),
+    3: ('SUSPENDED', {0: 'PAUSED', 1: 'MIGRATED', 2: 'IOERROR',
+                      3: 'WATCHDOG', 4: 'RESTORED', 5: 'FROM_SNAPSHOT',
+                      6: 'API_ERROR', 7: 'POSTCOPY', 8: 'POSTCOPY_FAILED'}),
+    4: ('RESUMED', {0: 'UNPAUSED', 1: 'MIGRATED', 2: 'FROM_SNAPSHOT',
+                    3: 'POSTCOPY', 4: 'POSTCOPY_FAILED'}),
+    5: ('STOPPED', {0: 'SHUTDOWN', 1: 'DESTROYED', 2: 'CRASHED',
+                    3: 'MIGRATED', 4: 'SAVED', 5: 'FAILED',
+                    6: 'FROM_SNAPSHOT', 7: 'RECREATED'}),
+    6: ('SHUTDOWN', {0: 'FINISHED', 1: 'GUEST', 2: 'HOST'}),
+    7: ('PMSUSPENDED', {0: 'MEMORY', 1: 'DISK'}),
+    8: ('CRASHED', {0: 'PANICKED', 1: 'CRASHLOADED'}),
+}
+
+# Event types Nova has no transition for and that need no report.
+_SILENT_TYPES = frozenset({0, 1, 6, 7, 8})
+
+STARTED, SUSPENDED, RESUMED, STOPPED = 2, 3, 4, 5
+SUSPENDED_MIGRATED, SUSPENDED_POSTCOPY = 1, 7
+STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED = 0, 1, 2
+
+
+def event_name(event_type, detail):
+    """'STOPPED_SHUTDOWN' style name; unknown numbers are shown as such."""
+    name, details = _EVENT_NAMES.get(event_type,
+                                     ('UNKNOWN(%s)' % (event_type,), {}))
+    return '%s_%s' % (name, details.get(detail, 'UNKNOWN(%s)' % (detail,)))
+
+
+def is_known(event_type, detail):
+    """True when libvirt's numbers are ones this module has names for."""
+    return detail in _EVENT_NAMES.get(event_type, ('', {}))[1]
+
+
+class DomainLifecycleEvent(virtevent.LifecycleEvent):
+    """Nova's LifecycleEvent plus libvirt's event and detail.
+
+    ``transition`` is Nova's (None when libvirt sent an event type Nova has
+    no transition for). ``received_at`` is ``time.monotonic()`` when the
+    libvirt callback ran. ``error`` is set when the domain could not be
+    read, e.g. its UUID; ``uuid`` is then None.
+    """
+
+    def __init__(self, uuid, transition, libvirt_event, libvirt_detail,
+                 error=None, timestamp=None, received_at=None):
+        super().__init__(uuid, transition, timestamp)
+        self.libvirt_event = libvirt_event
+        self.libvirt_detail = libvirt_detail
+        self.error = error
+        self.received_at = (time.monotonic() if received_at is None
+                            else received_at)
+
+    @property
+    def detail_name(self):
+        return event_name(self.libvirt_event, self.libvirt_detail)
+
+    @property
+    def is_known(self):
+        return is_known(self.libvirt_event, self.libvirt_detail)
+
+    def __repr__(self):
+        return '<%s: %s, %s => %s>' % (
+            type(self).__name__, self.timestamp, self.uuid,
+            self.get_name() if self.transition is not None else 'no transition')
+
+    def __str__(self):
+        return '%s (%s)' % (repr(self), self.detail_name)
+
+
+def _migration_transition(dom):
+    """SUSPENDED_MIGRATED is also sent when a live migration fails: ask
+    libvirt whether the migration job completed."""
+    libvirt = libvirt_module()
+    guest = libvirt_guest.Guest(dom)
+    info = guest.get_job_info()
+    if info.type == libvirt.VIR_DOMAIN_JOB_NONE:
+        info.type = libvirt_migration.find_job_type(
+            guest, instance=None, logging_ok=False)
+    if info.type == libvirt.VIR_DOMAIN_JOB_COMPLETED:
+        return virtevent.EVENT_LIFECYCLE_MIGRATION_COMPLETED
+    return virtevent.EVENT_LIFECYCLE_PAUSED
+
+
+def transition_for(dom, event_type, detail):
+    """Nova's transition for a libvirt event, as upstream Nova maps it."""
+    if event_type == STOPPED:
+        return virtevent.EVENT_LIFECYCLE_STOPPED
+    if event_type == STARTED:
+        return virtevent.EVENT_LIFECYCLE_STARTED
+    if event_type == RESUMED:
+        return virtevent.EVENT_LIFECYCLE_RESUMED
+    if event_type == SUSPENDED:
+        if detail == SUSPENDED_POSTCOPY:
+            return virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED
+        if detail == SUSPENDED_MIGRATED:
+            return _migration_transition(dom)
+        return virtevent.EVENT_LIFECYCLE_PAUSED
+    return None
+
+
+def translate(dom, event_type, detail):
+    """Build the event for one libvirt lifecycle callback, or None.
+
+    None means an event type Nova does not act on (DEFINED, UNDEFINED,
+    SHUTDOWN, PMSUSPENDED, CRASHED: a stop that follows them comes as its
+    own STOPPED). Never raises: a failure is recorded on the event.
+    """
+    received_at = time.monotonic()
+    if event_type in _SILENT_TYPES:
+        return None
+    try:
+        uuid = dom.UUIDString()
+    except Exception as exc:
+        return DomainLifecycleEvent(None, None, event_type, detail,
+                                    error='cannot read domain UUID: %s' % exc,
+                                    received_at=received_at)
+    try:
+        transition = transition_for(dom, event_type, detail)
+    except Exception as exc:
+        # The migration job could not be read: report the guest as paused,
+        # which is what Nova does for a failed migration.
+        return DomainLifecycleEvent(
+            uuid, virtevent.EVENT_LIFECYCLE_PAUSED, event_type, detail,
+            error='cannot read migration job: %s' % exc,
+            received_at=received_at)
+    return DomainLifecycleEvent(uuid, transition, event_type, detail,
+                                received_at=received_at)

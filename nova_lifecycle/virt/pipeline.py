@@ -1,0 +1,275 @@
+"""The path of an instance event from libvirt's loop to the listener.
+
+    queue_event (any thread, never blocks)
+      -> inbox (native -> service thread under eventlet)
+      -> intake: a later lifecycle event cancels a held STOPPED;
+                 STOPPED is held for ``stopped_event_delay``
+      -> per-instance ordered dispatch on a bounded pool
+      -> deliver (the driver's call into the compute manager)
+
+Every event received is counted in an :class:`EventLedger` exactly once
+more: delivered, cancelled with a reason, or failed with the error.
+"""
+
+import functools
+import logging
+import threading
+
+import futurist
+from nova.virt import event as virtevent
+
+from nova_lifecycle import concurrency
+from nova_lifecycle import delayed
+from nova_lifecycle import dispatch
+from nova_lifecycle import inbox
+from nova_lifecycle import ledger
+from nova_lifecycle.virt import events
+
+LOG = logging.getLogger(__name__)
+
+REASON_SHUTDOWN = 'shutdown'
+REASON_NO_LISTENER = 'no listener'
+REASON_NO_TRANSITION = 'no Nova transition'
+
+
+class BadLifecycleEvent(Exception):
+    """libvirt sent an event the plugin could not read."""
+
+
+class _HeldStop:
+    """A STOPPED event waiting for its delay, and why it ended early."""
+
+    __slots__ = ('event', 'future', 'reason')
+
+    def __init__(self, event):
+        self.event = event
+        self.future = None
+        self.reason = None
+
+
+def _uuid(event):
+    return getattr(event, 'uuid', None)
+
+
+class EventPipeline:
+    """Carries instance events to ``deliver`` in per-instance order.
+
+    :param deliver: called with each event on a dispatch worker; returns
+        True when a listener took it, False when there was none; an
+        exception means the listener failed.
+    :param stopped_event_delay: seconds a STOPPED event is held.
+    :param workers: most events delivered at the same time.
+    :param green: True under eventlet (the inbox must bridge threads).
+    :param route_other: called on the service side with anything queued
+        that is not an instance event (libvirt connection-closed notices).
+    """
+
+    def __init__(self, deliver, stopped_event_delay, workers, green,
+                 route_other=None, name='lifecycle'):
+        self._deliver = deliver
+        self._route_other = route_other
+        self._name = name
+        self.ledger = ledger.EventLedger()
+        self._lock = threading.Lock()
+        self._held = {}
+        self._stopping = False
+        self._reported = set()
+        self._executor = concurrency.make_executor(workers, name + '-dispatch')
+        self._dispatcher = dispatch.KeyedDispatcher(self._executor,
+                                                    name + '-dispatch')
+        # The scheduler hands a due STOPPED straight to the dispatcher,
+        # which only queues it, so no pool is needed in between.
+        self._delayed = delayed.DelayedExecutor(
+            futurist.SynchronousExecutor(), stopped_event_delay,
+            name=name + '-delayed')
+        self._inbox = inbox.make_inbox(self._take, name + '-inbox', green)
+        self._started = False
+
+    def start(self):
+        if not self._started:
+            self._started = True
+            self._inbox.start()
+
+    def queue_event(self, item):
+        """Accept an item from any thread, libvirt's loop included."""
+        self._inbox.put(item)
+
+    def stop(self, timeout=30):
+        """Stop taking events and wind down every thread of the pipeline.
+
+        Events already accepted are delivered (when a listener is still
+        registered) or cancelled; each held STOPPED is cancelled with one
+        log line naming the instance: the next power-state sync at start-up
+        reconciles it.
+        """
+        self._inbox.stop(timeout)
+        with self._lock:
+            self._stopping = True
+            held, self._held = list(self._held.values()), {}
+        for stop in held:
+            stop.reason = REASON_SHUTDOWN
+            if stop.future.cancel():
+                LOG.info('Pending STOPPED event for instance %s dropped by '
+                         'shutdown; the power state sync at the next '
+                         'start-up reconciles it.', stop.event.uuid)
+        self._delayed.shutdown(wait=True, cancel_pending=True)
+        self._dispatcher.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
+
+    def held_stops(self):
+        """(instance uuid, seconds left) of each held STOPPED, soonest
+        first."""
+        with self._lock:
+            uuid_of = {stop.future: uuid for uuid, stop in self._held.items()}
+        return [(uuid_of[p.future], p.remaining)
+                for p in self._delayed.pending() if p.future in uuid_of]
+
+    def stats(self):
+        stats = self.ledger.snapshot()
+        stats['held_stopped'] = self._delayed.pending_count()
+        stats['dispatch_queue'] = self._dispatcher.pending_count()
+        return stats
+
+    # Intake
+
+    def _take(self, item):
+        if isinstance(item, virtevent.InstanceEvent):
+            self._intake(item)
+        elif self._route_other is not None:
+            self._route_other(item)
+        else:
+            LOG.warning('Dropping %r: not an instance event', item)
+
+    def _log_once(self, key, level, msg, *args):
+        if key not in self._reported:
+            self._reported.add(key)
+            LOG.log(level, msg, *args)
+
+    def _intake(self, event):
+        self.ledger.receive()
+        if isinstance(event, events.DomainLifecycleEvent):
+            if not self._readable(event):
+                return
+        with self._lock:
+            if self._stopping:
+                stopping = True
+            else:
+                stopping = False
+                superseded = self._supersede(event)
+                if (isinstance(event, virtevent.LifecycleEvent) and
+                        event.transition ==
+                        virtevent.EVENT_LIFECYCLE_STOPPED):
+                    self._hold(event)
+                else:
+                    self._dispatch(event)
+        if stopping:
+            LOG.info('Event %s for instance %s arrived during shutdown; '
+                     'dropped.', event, _uuid(event))
+            self.ledger.cancel(REASON_SHUTDOWN)
+        elif superseded is not None:
+            superseded.future.cancel()
+
+    def _readable(self, event):
+        """Report and account an event that cannot go on; True if it can."""
+        if event.uuid is None:
+            LOG.warning('Ignoring libvirt %s event: %s',
+                        event.detail_name, event.error)
+            self.ledger.fail(BadLifecycleEvent(event.error))
+            return False
+        if event.error is not None:
+            LOG.warning('libvirt %s event for instance %s handled as %s: %s',
+                        event.detail_name, event.uuid, event.get_name(),
+                        event.error)
+        if event.transition is None:
+            self._log_once(
+                ('type', event.libvirt_event), logging.WARNING,
+                'Ignoring libvirt event %s for instance %s: Nova has no '
+                'lifecycle transition for it (reported once per type).',
+                event.detail_name, event.uuid)
+            self.ledger.cancel(REASON_NO_TRANSITION)
+            return False
+        if not event.is_known:
+            self._log_once(
+                ('detail', event.libvirt_event, event.libvirt_detail),
+                logging.INFO,
+                'libvirt event %s for instance %s has a detail this plugin '
+                'does not know; handled as %s (reported once).',
+                event.detail_name, event.uuid, event.get_name())
+        return True
+
+    def _supersede(self, event):
+        """Take the held STOPPED of this instance off hold, if any.
+
+        Called with the lock held; the caller cancels it after releasing
+        the lock. Should the delay run out first, :meth:`_release` finds
+        the event no longer held and drops it all the same.
+        """
+        if not isinstance(event, virtevent.LifecycleEvent):
+            return None
+        stop = self._held.pop(event.uuid, None)
+        if stop is not None:
+            stop.reason = 'superseded by %s' % event.get_name()
+        return stop
+
+    def _hold(self, event):
+        stop = _HeldStop(event)
+        try:
+            stop.future = self._delayed.submit(self._release, stop)
+        except RuntimeError as exc:
+            LOG.error('Cannot hold STOPPED event for instance %s: %s',
+                      event.uuid, exc)
+            self.ledger.fail(exc)
+            return
+        self._held[event.uuid] = stop
+        stop.future.add_done_callback(functools.partial(self._held_done,
+                                                        stop))
+
+    def _release(self, stop):
+        """The delay ran out: deliver unless something superseded it."""
+        with self._lock:
+            if self._held.get(stop.event.uuid) is not stop:
+                return False
+            del self._held[stop.event.uuid]
+            self._dispatch(stop.event)
+        return True
+
+    def _held_done(self, stop, future):
+        if not future.cancelled() and future.exception() is not None:
+            LOG.error('Held STOPPED event for instance %s failed: %s',
+                      stop.event.uuid, future.exception())
+            self.ledger.fail(future.exception())
+        elif future.cancelled() or not future.result():
+            reason = stop.reason or REASON_SHUTDOWN
+            LOG.debug('STOPPED event for instance %s cancelled: %s',
+                      stop.event.uuid, reason)
+            self.ledger.cancel(reason)
+
+    # Dispatch
+
+    def _dispatch(self, event):
+        try:
+            future = self._dispatcher.submit(event.uuid, self._deliver, event)
+        except RuntimeError as exc:
+            LOG.error('Cannot dispatch event %s for instance %s: %s',
+                      event, event.uuid, exc)
+            self.ledger.fail(exc)
+            return
+        future.add_done_callback(functools.partial(self._dispatched, event))
+
+    def _dispatched(self, event, future):
+        if future.cancelled():
+            LOG.info('Event %s for instance %s dropped by shutdown.',
+                     event, event.uuid)
+            self.ledger.cancel(REASON_SHUTDOWN)
+            return
+        error = future.exception()
+        if error is not None:
+            LOG.error('Handling event %s for instance %s failed: %s',
+                      event, event.uuid, error, exc_info=error)
+            self.ledger.fail(error)
+        elif future.result():
+            self.ledger.deliver()
+        else:
+            LOG.debug('No listener for event %s of instance %s; dropped.',
+                      event, event.uuid)
+            self.ledger.cancel(REASON_NO_LISTENER)
