@@ -1,0 +1,123 @@
+"""Translation of libvirt lifecycle callbacks into Nova events."""
+
+import fixtures
+from nova import test
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.virt import event as virtevent
+
+from nova_lifecycle.virt import events
+
+UUID = '11111111-2222-3333-4444-555555555555'
+
+
+class Dom:
+    """Just enough of a virDomain for the translation."""
+
+    def __init__(self, uuid=UUID, error=None):
+        self._uuid = uuid
+        self._error = error
+
+    def UUIDString(self):
+        if self._error:
+            raise self._error
+        return self._uuid
+
+
+# (libvirt event, detail) -> Nova transition, as upstream Nova maps them.
+TRANSITIONS = [
+    (events.STARTED, 0, virtevent.EVENT_LIFECYCLE_STARTED),
+    (events.STARTED, 1, virtevent.EVENT_LIFECYCLE_STARTED),
+    (events.STARTED, 2, virtevent.EVENT_LIFECYCLE_STARTED),
+    (events.SUSPENDED, 0, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (events.SUSPENDED, 2, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (events.SUSPENDED, 7, virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
+    (events.RESUMED, 0, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (events.RESUMED, 1, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (events.STOPPED, 0, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (events.STOPPED, 1, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (events.STOPPED, 2, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (events.STOPPED, 3, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (events.STOPPED, 5, virtevent.EVENT_LIFECYCLE_STOPPED),
+]
+
+
+class TranslateTest(test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fakelibvirt.LibvirtFixture())
+
+    def test_transition_table(self):
+        for libvirt_event, detail, transition in TRANSITIONS:
+            event = events.translate(Dom(), libvirt_event, detail)
+            self.assertIsInstance(event, virtevent.LifecycleEvent)
+            self.assertEqual((UUID, transition, libvirt_event, detail),
+                             (event.uuid, event.transition,
+                              event.libvirt_event, event.libvirt_detail))
+            self.assertIsNone(event.error)
+
+    def test_detail_names_are_kept(self):
+        for detail, name in [(0, 'STOPPED_SHUTDOWN'),
+                             (1, 'STOPPED_DESTROYED'),
+                             (2, 'STOPPED_CRASHED')]:
+            event = events.translate(Dom(), events.STOPPED, detail)
+            self.assertEqual(name, event.detail_name)
+            self.assertIn(name, str(event))
+
+    def test_types_nova_does_not_act_on_are_dropped(self):
+        # DEFINED, UNDEFINED, SHUTDOWN, PMSUSPENDED, CRASHED
+        for libvirt_event in (0, 1, 6, 7, 8):
+            self.assertIsNone(events.translate(Dom(), libvirt_event, 0))
+
+    def test_unknown_type_is_kept_without_transition(self):
+        event = events.translate(Dom(), 42, 3)
+        self.assertIsNone(event.transition)
+        self.assertEqual('UNKNOWN(42)_UNKNOWN(3)', event.detail_name)
+        self.assertFalse(event.is_known)
+
+    def test_unknown_detail_keeps_the_transition(self):
+        event = events.translate(Dom(), events.STOPPED, 99)
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
+        self.assertFalse(event.is_known)
+        self.assertEqual('STOPPED_UNKNOWN(99)', event.detail_name)
+
+    def test_domain_without_uuid_is_recorded_not_raised(self):
+        error = fakelibvirt.make_libvirtError(
+            fakelibvirt.libvirtError, 'Domain not found',
+            error_code=fakelibvirt.VIR_ERR_NO_DOMAIN)
+        event = events.translate(Dom(error=error), events.STOPPED, 0)
+        self.assertIsNone(event.uuid)
+        self.assertIn('Domain not found', event.error)
+
+    def _migrated(self, job_type):
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.guest.Guest.get_job_info',
+            return_value=type('JobInfo', (), {'type': job_type})()))
+        return events.translate(Dom(), events.SUSPENDED,
+                                events.SUSPENDED_MIGRATED)
+
+    def test_suspended_migrated_with_completed_job(self):
+        event = self._migrated(fakelibvirt.VIR_DOMAIN_JOB_COMPLETED)
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_MIGRATION_COMPLETED,
+                         event.transition)
+
+    def test_suspended_migrated_with_failed_job_is_paused(self):
+        event = self._migrated(fakelibvirt.VIR_DOMAIN_JOB_FAILED)
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_PAUSED, event.transition)
+
+    def test_unreadable_migration_job_is_paused_with_error(self):
+        self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.guest.Guest.get_job_info',
+            side_effect=fakelibvirt.libvirtError('connection lost')))
+        event = events.translate(Dom(), events.SUSPENDED,
+                                 events.SUSPENDED_MIGRATED)
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_PAUSED, event.transition)
+        self.assertIn('connection lost', event.error)
+        self.assertEqual(UUID, event.uuid)
+
+    def test_received_at_is_monotonic_time(self):
+        import time
+        before = time.monotonic()
+        event = events.translate(Dom(), events.STARTED, 0)
+        self.assertGreaterEqual(event.received_at, before)
+        self.assertLessEqual(event.received_at, time.monotonic())
