@@ -19,11 +19,12 @@ name and every name below it with the module already imported under the real
 name, so both names refer to the very same module objects and nothing is added
 to nova's tree.
 
-The ``nova_lifecycle_virt_alias.pth`` file installed next to the package loads
-this file at interpreter start-up *without* importing the ``nova_lifecycle``
-package (whose ``__init__`` pulls in nova) and calls ``install()``. Hence this
-module must stay cheap: standard library only, nothing imported at module level
-but ``sys``, and no work until an alias name is actually imported.
+The ``nova_lifecycle_virt_alias.pth`` file installed into site-packages runs
+this file at every interpreter start-up, without importing the nova_lifecycle
+package (start-up must not depend on what the package imports), and calls
+``install()``. Hence this module must stay cheap: standard library only,
+nothing imported at module level but ``sys``, and no work until an alias name
+is actually imported.
 """
 
 import sys
