@@ -90,17 +90,20 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         return is_known(self.libvirt_event, self.libvirt_detail)
 
     def __repr__(self):
+        name = ('no transition' if self.transition is None
+                else self.get_name())
         return '<%s: %s, %s => %s>' % (
-            type(self).__name__, self.timestamp, self.uuid,
-            self.get_name() if self.transition is not None else 'no transition')
+            type(self).__name__, self.timestamp, self.uuid, name)
 
     def __str__(self):
         return '%s (%s)' % (repr(self), self.detail_name)
 
 
 def _migration_transition(dom):
-    """SUSPENDED_MIGRATED is also sent when a live migration fails: ask
-    libvirt whether the migration job completed."""
+    """Completed or failed migration, as libvirt's job says.
+
+    SUSPENDED_MIGRATED is also sent when a live migration fails.
+    """
     libvirt = libvirt_module()
     guest = libvirt_guest.Guest(dom)
     info = guest.get_job_info()

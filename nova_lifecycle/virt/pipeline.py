@@ -117,8 +117,7 @@ class EventPipeline:
         self._executor.shutdown(wait=True)
 
     def held_stops(self):
-        """(instance uuid, seconds left) of each held STOPPED, soonest
-        first."""
+        """(instance uuid, seconds left) per held STOPPED, soonest first."""
         with self._lock:
             uuid_of = {stop.future: uuid for uuid, stop in self._held.items()}
         return [(uuid_of[p.future], p.remaining)

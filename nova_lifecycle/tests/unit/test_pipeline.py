@@ -63,8 +63,8 @@ class Recorder:
         with self.lock:
             ok = self.delivered.wait_for(lambda: len(self.events) >= count,
                                          WAIT)
-        assert ok, 'only %d of %d events delivered' % (len(self.events),
-                                                         count)
+        assert ok, 'only %d of %d events delivered' % (
+            len(self.events), count)
 
     def transitions(self, uuid=None):
         with self.lock:
