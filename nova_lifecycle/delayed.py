@@ -17,6 +17,7 @@ green thread, as every caller then is.
 """
 
 from concurrent import futures
+import functools
 import heapq
 import itertools
 import logging
@@ -130,7 +131,7 @@ class DelayedExecutor:
             self._ensure_thread()
             if self._heap[0] is entry:
                 self._cond.notify()
-        future.add_done_callback(lambda _f: self._forget(task))
+        future.add_done_callback(functools.partial(self._forget, task))
         return future
 
     def pending_count(self):
@@ -177,9 +178,9 @@ class DelayedExecutor:
                                             name=self._name, daemon=True)
             self._thread.start()
 
-    def _forget(self, task):
-        """Done-callback: drop a cancelled task's call at once."""
-        if not task.future.cancelled():
+    def _forget(self, task, future):
+        """Done-callback: drop a cancelled task's call and Future at once."""
+        if not future.cancelled():
             return
         with self._cond:
             task.call = None
@@ -189,7 +190,9 @@ class DelayedExecutor:
             # which count a cancelled Future as done only once notified.
             # A task already taken off the heap is notified by whoever runs
             # or drops it.
-            task.future.set_running_or_notify_cancel()
+            future.set_running_or_notify_cancel()
+            # Until the heap drops its slot, keep nothing the caller made.
+            task.future = None
             if self._heap[0][2] is task:
                 # The scheduler waits for this deadline; let it move on.
                 self._cond.notify()
