@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/install-deps.sh
 
-ENVS=${NOVA_LIFECYCLE_TEST_ENVS:-pep8,py3-nova33,py3-nova34}
+ENVS=${NOVA_LIFECYCLE_TEST_ENVS:-pep8,genconfig,py3-nova33,py3-nova34}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
