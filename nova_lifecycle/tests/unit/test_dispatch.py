@@ -266,7 +266,8 @@ class TestOrdering(DispatcherTestCase):
         self.assertEqual(3, dispatcher.busy_keys())
         self.assertEqual(1, dispatcher.pending_count())
         gate.set()
-        self.assertEqual('c', futures['c'].result(WAIT))
+        self.assertEqual(['a', 'b', 'c'],
+                         [futures[k].result(WAIT) for k in 'abc'])
         self.assertEqual(['a', 'b', 'c'], sorted(self.record.calls))
 
 
