@@ -32,6 +32,31 @@ the manager does not stop an instance that is only rebooting. Any later
 lifecycle event for the same instance cancels a held STOPPED. The default
 matches the delay upstream Nova uses. 0 delivers STOPPED at once.
 """),
+    cfg.BoolOpt(
+        'fast_stopped_events',
+        default=True,
+        help="""
+Hand an unexplained STOPPED event to the compute manager after
+``stopped_event_grace`` instead of ``stopped_event_delay``.
+
+A STOPPED event is unexplained when the driver is not operating on the
+instance (no reboot, power-off, rescue, resize, migration, snapshot... in
+progress) and libvirt says the guest shut itself down or crashed. Nova then
+shows the instance SHUTOFF within the grace rather than after the full
+delay. Before a held STOPPED is delivered the domain's live state is read
+again and the event dropped if the domain runs. False restores upstream
+Nova's behaviour: every STOPPED waits ``stopped_event_delay``.
+"""),
+    cfg.FloatOpt(
+        'stopped_event_grace',
+        default=2.0,
+        min=0.0,
+        max=15.0,
+        help="""
+Seconds an unexplained STOPPED event is held when ``fast_stopped_events``
+is on; see that option. Also the time a STOPPED event that arrived during a
+driver operation is still held once the operation has ended.
+"""),
     cfg.IntOpt(
         'dispatch_workers',
         default=8,

@@ -16,24 +16,38 @@ from nova.virt.libvirt import vif as libvirt_vif
 
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
+from nova_lifecycle.virt import events
 from nova_lifecycle.virt import host as lifecycle_host
+from nova_lifecycle.virt import operations
 from nova_lifecycle.virt import pipeline
+from nova_lifecycle.virt import stopped
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
 
+@operations.tracking_operations
 class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
-    """The libvirt driver whose lifecycle events go through the plugin."""
+    """The libvirt driver whose lifecycle events go through the plugin.
+
+    Driver calls that stop or restart domains register their instance in
+    ``self._operations`` while they run (see :mod:`operations`).
+    """
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only)
+        self._operations = operations.DriverOperations(
+            on_idle=self._operations_ended)
+        self._stopped_policy = stopped.StoppedPolicy(
+            CONF.lifecycle, self._operations, self._live_domain_state)
         self._pipeline = pipeline.EventPipeline(
             deliver=self._deliver_event,
             stopped_event_delay=CONF.lifecycle.stopped_event_delay,
             workers=CONF.lifecycle.dispatch_workers,
             green=not concurrency.threading_mode(),
-            route_other=self._route_host_notice)
+            route_other=self._route_host_notice,
+            hold_for=self._stopped_policy.hold_for,
+            recheck=self._stopped_policy.recheck)
         # Upstream built its Host before we could choose the class; swap it
         # for ours before anything connects, and point the VIF driver, the
         # only part built with it, at the new one.
@@ -85,6 +99,23 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             return False
         callback(event)
         return True
+
+    def _operations_ended(self, uuid, name):
+        delay = self._stopped_policy.after_operations()
+        if delay is not None and self._pipeline.expedite(uuid, delay):
+            LOG.debug('STOPPED event for instance %s held during %s; '
+                      'rechecked in %ss.', uuid, name, delay)
+
+    def _live_domain_state(self, uuid):
+        """libvirt's state number for the domain, None if there is none."""
+        libvirt = events.libvirt_module()
+        conn = self._host.get_connection()
+        try:
+            return conn.lookupByUUIDString(uuid).info()[0]
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
 
     def _route_host_notice(self, notice):
         if 'conn' in notice and 'reason' in notice:

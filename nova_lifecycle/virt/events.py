@@ -44,11 +44,13 @@ _EVENT_NAMES = {
 }
 
 # Event types Nova has no transition for and that need no report.
-_SILENT_TYPES = frozenset({0, 1, 6, 7, 8})
+_SILENT_TYPES = frozenset({0, 1, 7, 8})
 
-STARTED, SUSPENDED, RESUMED, STOPPED = 2, 3, 4, 5
+STARTED, SUSPENDED, RESUMED, STOPPED, SHUTDOWN = 2, 3, 4, 5, 6
 SUSPENDED_MIGRATED, SUSPENDED_POSTCOPY = 1, 7
 STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED = 0, 1, 2
+STOPPED_FAILED = 5
+SHUTDOWN_FINISHED, SHUTDOWN_GUEST, SHUTDOWN_HOST = 0, 1, 2
 
 
 def event_name(event_type, detail):
@@ -77,6 +79,9 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         super().__init__(uuid, transition, timestamp)
         self.libvirt_event = libvirt_event
         self.libvirt_detail = libvirt_detail
+        # For STOPPED: the detail of libvirt's SHUTDOWN event just before
+        # it (who asked for the shutdown), when there was one.
+        self.shutdown_detail = None
         self.error = error
         self.received_at = (time.monotonic() if received_at is None
                             else received_at)
@@ -97,6 +102,23 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
 
     def __str__(self):
         return '%s (%s)' % (repr(self), self.detail_name)
+
+
+class ShutdownNotice(virtevent.InstanceEvent):
+    """libvirt's SHUTDOWN event: who asked the guest to shut down.
+
+    Not an event for Nova; it annotates the STOPPED that follows it
+    (detail SHUTDOWN_GUEST: the guest itself; SHUTDOWN_HOST: the host,
+    e.g. an ACPI request from Nova; SHUTDOWN_FINISHED: not said).
+    """
+
+    def __init__(self, uuid, libvirt_detail, timestamp=None):
+        super().__init__(uuid, timestamp)
+        self.libvirt_detail = libvirt_detail
+
+    def __repr__(self):
+        return '<ShutdownNotice: %s, %s>' % (
+            self.uuid, event_name(SHUTDOWN, self.libvirt_detail))
 
 
 def _migration_transition(dom):
@@ -136,8 +158,9 @@ def translate(dom, event_type, detail):
     """Build the event for one libvirt lifecycle callback, or None.
 
     None means an event type Nova does not act on (DEFINED, UNDEFINED,
-    SHUTDOWN, PMSUSPENDED, CRASHED: a stop that follows them comes as its
-    own STOPPED). Never raises: a failure is recorded on the event.
+    PMSUSPENDED, CRASHED: a stop that follows them comes as its own
+    STOPPED). SHUTDOWN becomes a :class:`ShutdownNotice`. Never raises: a
+    failure is recorded on the event.
     """
     received_at = time.monotonic()
     if event_type in _SILENT_TYPES:
@@ -145,9 +168,13 @@ def translate(dom, event_type, detail):
     try:
         uuid = dom.UUIDString()
     except Exception as exc:
+        if event_type == SHUTDOWN:
+            return None
         return DomainLifecycleEvent(None, None, event_type, detail,
                                     error='cannot read domain UUID: %s' % exc,
                                     received_at=received_at)
+    if event_type == SHUTDOWN:
+        return ShutdownNotice(uuid, detail)
     try:
         transition = transition_for(dom, event_type, detail)
     except Exception as exc:

@@ -30,6 +30,8 @@ LOG = logging.getLogger(__name__)
 REASON_SHUTDOWN = 'shutdown'
 REASON_NO_LISTENER = 'no listener'
 REASON_NO_TRANSITION = 'no Nova transition'
+# Not an end: the same event was held again with another delay.
+REASON_RESCHEDULED = 'rescheduled'
 
 
 class BadLifecycleEvent(Exception):
@@ -62,12 +64,21 @@ class EventPipeline:
     :param green: True under eventlet (the inbox must bridge threads).
     :param route_other: called on the service side with anything queued
         that is not an instance event (libvirt connection-closed notices).
+    :param hold_for: ``hold_for(event)`` -> seconds to hold that STOPPED;
+        by default every STOPPED waits ``stopped_event_delay``.
+    :param recheck: ``recheck(event)`` runs on the dispatch worker right
+        before a STOPPED is delivered; a string it returns is a reason to
+        cancel the event instead (e.g. the domain runs again).
     """
 
     def __init__(self, deliver, stopped_event_delay, workers, green,
-                 route_other=None, name='lifecycle'):
+                 route_other=None, name='lifecycle', hold_for=None,
+                 recheck=None):
         self._deliver = deliver
         self._route_other = route_other
+        self._hold_for = hold_for
+        self._recheck = recheck
+        self._shutdown_notes = {}
         self._name = name
         self.ledger = ledger.EventLedger()
         self._lock = threading.Lock()
@@ -132,7 +143,10 @@ class EventPipeline:
     # Intake
 
     def _take(self, item):
-        if isinstance(item, virtevent.InstanceEvent):
+        if isinstance(item, events.ShutdownNotice):
+            with self._lock:
+                self._shutdown_notes[item.uuid] = item.libvirt_detail
+        elif isinstance(item, virtevent.InstanceEvent):
             self._intake(item)
         elif self._route_other is not None:
             self._route_other(item)
@@ -154,6 +168,9 @@ class EventPipeline:
                 stopping = True
             else:
                 stopping = False
+                if isinstance(event, events.DomainLifecycleEvent):
+                    event.shutdown_detail = self._shutdown_notes.pop(
+                        event.uuid, None)
                 superseded = self._supersede(event)
                 if (isinstance(event, virtevent.LifecycleEvent) and
                         event.transition ==
@@ -210,10 +227,14 @@ class EventPipeline:
             stop.reason = 'superseded by %s' % event.get_name()
         return stop
 
-    def _hold(self, event):
+    def _hold(self, event, delay=None):
+        if delay is None:
+            delay = (self._hold_for(event) if self._hold_for is not None
+                     else self._delayed.delay)
         stop = _HeldStop(event)
         try:
-            stop.future = self._delayed.submit(self._release, stop)
+            stop.future = self._delayed.submit_after(delay, self._release,
+                                                     stop)
         except RuntimeError as exc:
             LOG.error('Cannot hold STOPPED event for instance %s: %s',
                       event.uuid, exc)
@@ -224,15 +245,37 @@ class EventPipeline:
                                                         stop))
 
     def _release(self, stop):
-        """The delay ran out: deliver unless something superseded it."""
+        """The delay ran out: deliver unless something superseded it.
+
+        :returns: True when handed to the dispatcher, False when it was
+            superseded, None when a rescheduled copy took its place.
+        """
         with self._lock:
             if self._held.get(stop.event.uuid) is not stop:
-                return False
+                return None if stop.reason == REASON_RESCHEDULED else False
             del self._held[stop.event.uuid]
             self._dispatch(stop.event)
         return True
 
+    def expedite(self, uuid, delay):
+        """Hold the STOPPED of ``uuid``, if any, for ``delay`` from now.
+
+        :returns: True if a held STOPPED was rescheduled.
+        """
+        with self._lock:
+            old = self._held.get(uuid)
+            if old is None or self._stopping:
+                return False
+            old.reason = REASON_RESCHEDULED
+            del self._held[uuid]
+            self._hold(old.event, delay)
+        old.future.cancel()
+        return True
+
     def _held_done(self, stop, future):
+        if (stop.reason == REASON_RESCHEDULED and
+                (future.cancelled() or future.result() is None)):
+            return
         if not future.cancelled() and future.exception() is not None:
             LOG.error('Held STOPPED event for instance %s failed: %s',
                       stop.event.uuid, future.exception())
@@ -246,14 +289,29 @@ class EventPipeline:
     # Dispatch
 
     def _dispatch(self, event):
+        deliver = self._deliver
+        if (self._recheck is not None and
+                isinstance(event, virtevent.LifecycleEvent) and
+                event.transition == virtevent.EVENT_LIFECYCLE_STOPPED):
+            deliver = self._deliver_rechecked
         try:
-            future = self._dispatcher.submit(event.uuid, self._deliver, event)
+            future = self._dispatcher.submit(event.uuid, deliver, event)
         except RuntimeError as exc:
             LOG.error('Cannot dispatch event %s for instance %s: %s',
                       event, event.uuid, exc)
             self.ledger.fail(exc)
             return
         future.add_done_callback(functools.partial(self._dispatched, event))
+
+    def _deliver_rechecked(self, event):
+        """Deliver a STOPPED only if a look at the domain still agrees.
+
+        :returns: what ``deliver`` returns, or the reason not to deliver.
+        """
+        reason = self._recheck(event)
+        if reason:
+            return reason
+        return self._deliver(event)
 
     def _dispatched(self, event, future):
         if future.cancelled():
@@ -266,6 +324,10 @@ class EventPipeline:
             LOG.error('Handling event %s for instance %s failed: %s',
                       event, event.uuid, error, exc_info=error)
             self.ledger.fail(error)
+        elif isinstance(future.result(), str):
+            LOG.info('Event %s for instance %s not delivered: %s.',
+                     event, event.uuid, future.result())
+            self.ledger.cancel(future.result())
         elif future.result():
             self.ledger.deliver()
         else:

@@ -65,9 +65,18 @@ class TranslateTest(test.NoDBTestCase):
             self.assertIn(name, str(event))
 
     def test_types_nova_does_not_act_on_are_dropped(self):
-        # DEFINED, UNDEFINED, SHUTDOWN, PMSUSPENDED, CRASHED
-        for libvirt_event in (0, 1, 6, 7, 8):
+        # DEFINED, UNDEFINED, PMSUSPENDED, CRASHED
+        for libvirt_event in (0, 1, 7, 8):
             self.assertIsNone(events.translate(Dom(), libvirt_event, 0))
+
+    def test_shutdown_becomes_a_notice_of_who_asked(self):
+        notice = events.translate(Dom(), events.SHUTDOWN,
+                                  events.SHUTDOWN_GUEST)
+        self.assertIsInstance(notice, events.ShutdownNotice)
+        self.assertNotIsInstance(notice, virtevent.LifecycleEvent)
+        self.assertEqual((UUID, events.SHUTDOWN_GUEST),
+                         (notice.uuid, notice.libvirt_detail))
+        self.assertIn('SHUTDOWN_GUEST', repr(notice))
 
     def test_unknown_type_is_kept_without_transition(self):
         event = events.translate(Dom(), 42, 3)

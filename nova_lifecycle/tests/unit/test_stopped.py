@@ -1,0 +1,244 @@
+"""Fast and safe STOPPED: driver operations, the grace and the re-check."""
+
+import logging
+import threading
+
+import fixtures
+from nova import test
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.virt import event as virtevent
+from nova.virt import fake
+
+from nova_lifecycle import conf
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.virt import driver as lc_driver
+from nova_lifecycle.virt import events
+from nova_lifecycle.virt import operations
+from nova_lifecycle.virt import stopped
+
+WAIT = 10
+UUID = test_driver.UUID
+RUNNING, SHUTOFF = 1, 5
+
+
+class Instance:
+    def __init__(self, uuid=UUID):
+        self.uuid = uuid
+
+
+class DriverOperationsTest(base.TestCase):
+
+    def test_nested_operations_end_once(self):
+        ended = []
+        ops = operations.DriverOperations(
+            on_idle=lambda uuid, name: ended.append((uuid, name)))
+        with ops.track(UUID, 'reboot'):
+            with ops.track(UUID, 'destroy'):
+                self.assertEqual(['destroy', 'reboot'], ops.active(UUID))
+            self.assertEqual(['reboot'], ops.active(UUID))
+            self.assertEqual([], ended)
+        self.assertEqual([(UUID, 'reboot')], ended)
+        self.assertEqual([], ops.active(UUID))
+        self.assertEqual({}, ops.busy())
+
+    def test_failing_operation_still_ends(self):
+        ended = []
+        ops = operations.DriverOperations(
+            on_idle=lambda uuid, name: ended.append(name))
+
+        def fail():
+            with ops.track(UUID, 'power_off'):
+                raise RuntimeError('libvirt said no')
+
+        self.assertRaises(RuntimeError, fail)
+        self.assertEqual(['power_off'], ended)
+        self.assertEqual({}, ops.busy())
+
+    def test_tracking_decorator_finds_the_instance_argument(self):
+        seen = []
+
+        class Base:
+            def power_off(self, instance, timeout=0):
+                seen.append(self._operations.active(instance.uuid))
+
+            def reboot(self, context, instance, network_info, reboot_type):
+                seen.append(self._operations.active(instance.uuid))
+
+        @operations.tracking_operations
+        class Driver(Base):
+            def __init__(self):
+                self._operations = operations.DriverOperations()
+
+        driver = Driver()
+        driver.power_off(Instance(), timeout=3)
+        driver.reboot(None, network_info=None, reboot_type='HARD',
+                      instance=Instance())
+        self.assertEqual([['power_off'], ['reboot']], seen)
+        self.assertEqual({}, driver._operations.busy())
+
+
+def stopped_event(detail, shutdown_detail=None, uuid=UUID):
+    event = events.DomainLifecycleEvent(
+        uuid, virtevent.EVENT_LIFECYCLE_STOPPED, events.STOPPED, detail)
+    event.shutdown_detail = shutdown_detail
+    return event
+
+
+class StoppedPolicyTest(test.NoDBTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags(stopped_event_delay=15, stopped_event_grace=2,
+                   group='lifecycle')
+        self.ops = operations.DriverOperations()
+        self.live = {}
+        self.policy = stopped.StoppedPolicy(conf.CONF.lifecycle, self.ops,
+                                            self.live_state)
+
+    def live_state(self, uuid):
+        state = self.live.get(uuid)
+        if isinstance(state, Exception):
+            raise state
+        return state
+
+    def test_hold_table(self):
+        S, G, H = (events.SHUTDOWN_FINISHED, events.SHUTDOWN_GUEST,
+                   events.SHUTDOWN_HOST)
+        # (STOPPED detail, SHUTDOWN detail before it, busy) -> seconds
+        table = [
+            (events.STOPPED_SHUTDOWN, G, False, 2),
+            (events.STOPPED_SHUTDOWN, G, True, 15),
+            (events.STOPPED_SHUTDOWN, H, False, 15),
+            (events.STOPPED_SHUTDOWN, S, False, 15),
+            (events.STOPPED_SHUTDOWN, None, False, 15),
+            (events.STOPPED_CRASHED, None, False, 2),
+            (events.STOPPED_CRASHED, None, True, 15),
+            (events.STOPPED_FAILED, None, False, 2),
+            (events.STOPPED_DESTROYED, None, False, 15),
+            (3, None, False, 15),  # MIGRATED
+            (4, None, False, 15),  # SAVED
+        ]
+        for detail, shutdown_detail, busy, expected in table:
+            event = stopped_event(detail, shutdown_detail)
+            if busy:
+                with self.ops.track(UUID, 'reboot'):
+                    got = self.policy.hold_for(event)
+            else:
+                got = self.policy.hold_for(event)
+            self.assertEqual(expected, got,
+                             (event.detail_name, shutdown_detail, busy))
+
+    def test_upstream_behaviour_when_disabled(self):
+        self.flags(fast_stopped_events=False, group='lifecycle')
+        event = stopped_event(events.STOPPED_CRASHED)
+        self.assertEqual(15, self.policy.hold_for(event))
+        self.assertIsNone(self.policy.after_operations())
+        self.live[UUID] = RUNNING
+        self.assertIsNone(self.policy.recheck(event))
+
+    def test_grace_never_exceeds_the_delay(self):
+        self.flags(stopped_event_delay=1, group='lifecycle')
+        self.assertEqual(1, self.policy.hold_for(
+            stopped_event(events.STOPPED_CRASHED)))
+        self.assertEqual(1, self.policy.after_operations())
+
+    def test_recheck_against_live_state(self):
+        event = stopped_event(events.STOPPED_SHUTDOWN)
+        for state, expected in [(1, 'domain is running again'),
+                                (3, 'domain is paused again'),
+                                (SHUTOFF, None), (6, None), (None, None)]:
+            self.live[UUID] = state
+            self.assertEqual(expected, self.policy.recheck(event))
+
+    def test_recheck_error_delivers_with_a_warning(self):
+        logs = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.live[UUID] = fakelibvirt.libvirtError('connection reset')
+        self.assertIsNone(self.policy.recheck(
+            stopped_event(events.STOPPED_SHUTDOWN)))
+        self.assertIn('connection reset', logs.output)
+        self.assertIn(UUID, logs.output)
+
+
+class DriverStoppedTest(test_driver.DriverTestCase):
+    """Through the driver on Nova's fake libvirt."""
+
+    def setUp(self):
+        super().setUp()
+        self.flags(stopped_event_delay=60, stopped_event_grace=0.05,
+                   group='lifecycle')
+        self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
+                                                       False)
+        self.driver.register_event_listener(self.listener)
+        self.conn = self.start_events()
+        self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
+        self.assertTrue(self.listener.wait_for(1))
+        self.ledger = self.driver._pipeline.ledger
+
+    def set_state(self, state):
+        # Under eventlet the connection hands out tpool proxies; the fake
+        # domain's state lives on the object behind the proxy.
+        getattr(self.dom, '_obj', self.dom)._state = state
+
+    def guest_stops(self, shutdown_detail):
+        self.set_state(SHUTOFF)
+        self.conn._emit_lifecycle(self.dom, events.SHUTDOWN, shutdown_detail)
+        self.conn._emit_lifecycle(self.dom, events.STOPPED,
+                                  events.STOPPED_SHUTDOWN)
+
+    def test_guest_powering_itself_off_is_delivered_after_the_grace(self):
+        self.guest_stops(events.SHUTDOWN_GUEST)
+        self.assertTrue(self.listener.wait_for(2))
+        event = self.listener.events[1]
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
+        self.assertEqual(events.SHUTDOWN_GUEST, event.shutdown_detail)
+
+    def test_host_requested_shutdown_waits_the_full_delay(self):
+        self.guest_stops(events.SHUTDOWN_HOST)
+        self.assertTrue(self.ledger.wait_received(2, WAIT))
+        (uuid, remaining), = self.driver._pipeline.held_stops()
+        self.assertEqual(UUID, uuid)
+        self.assertGreater(remaining, 50)
+
+    def test_stop_during_an_operation_is_rechecked_when_it_ends(self):
+        release = threading.Event()
+        inside = threading.Event()
+
+        def slow_power_off(instance, timeout=0, retry_interval=0):
+            inside.set()
+            release.wait(WAIT)
+
+        # The base method runs inside the tracking wrapper.
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver, '_clean_shutdown', side_effect=slow_power_off))
+        self.useFixture(fixtures.MockPatchObject(self.driver, '_destroy'))
+        worker = threading.Thread(
+            target=self.driver.power_off, args=(Instance(), 30, 1),
+            name='power-off')
+        worker.start()
+        self.assertTrue(inside.wait(WAIT))
+        self.assertEqual(['power_off'],
+                         self.driver._operations.active(UUID))
+        self.guest_stops(events.SHUTDOWN_GUEST)
+        self.assertTrue(self.ledger.wait_received(2, WAIT))
+        (uuid, remaining), = self.driver._pipeline.held_stops()
+        self.assertGreater(remaining, 50)
+        release.set()
+        worker.join(WAIT)
+        # Ended: held for the grace, re-checked (still off), delivered.
+        self.assertTrue(self.listener.wait_for(2))
+        self.assertTrue(self.ledger.wait_settled(2, WAIT))
+        self.assertEqual(2, self.ledger.snapshot()['delivered'])
+
+    def test_stop_dropped_when_the_domain_runs_again(self):
+        with self.driver._operations.track(UUID, 'reboot'):
+            self.guest_stops(events.SHUTDOWN_HOST)
+            self.assertTrue(self.ledger.wait_received(2, WAIT))
+            # The reboot brought it back without a STARTED event reaching
+            # us (e.g. it was lost).
+            self.set_state(RUNNING)
+        self.assertTrue(self.ledger.wait_settled(2, WAIT))
+        stats = self.ledger.snapshot()
+        self.assertEqual({'domain is running again': 1},
+                         stats['cancelled_by_reason'])
+        self.assertEqual(1, len(self.listener.events))

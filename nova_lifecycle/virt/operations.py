@@ -1,0 +1,108 @@
+"""Which instances the driver is operating on right now.
+
+A STOPPED event in the middle of a reboot, a resize or a power-off is
+expected: the driver itself stopped the domain and usually starts it again.
+Knowing which driver calls are in progress lets the event path hold such a
+STOPPED for the full delay and hand a STOPPED that nothing explains (the
+guest powered itself off, or crashed) to Nova after a short grace.
+
+:func:`tracking_operations` wraps a driver class's methods that stop or
+restart domains, so each call registers its instance for its duration.
+"""
+
+import collections
+import contextlib
+import functools
+import inspect
+import threading
+
+# LibvirtDriver methods during which the driver itself stops, destroys or
+# restarts domains (directly or by the guest's reaction to them).
+TRACKED_METHODS = (
+    'spawn', 'destroy', 'reboot', 'power_off', 'power_on', 'pause',
+    'unpause', 'suspend', 'resume', 'resume_state_on_host_boot', 'rescue',
+    'unrescue', 'snapshot', 'trigger_crash_dump',
+    'migrate_disk_and_power_off', 'finish_migration',
+    'finish_revert_migration', 'live_migration',
+    'post_live_migration_at_destination',
+    'rollback_live_migration_at_destination',
+)
+
+
+class DriverOperations:
+    """Counts the driver operations in progress per instance UUID.
+
+    ``on_idle(uuid, names)`` is called (outside the lock) when the last
+    operation on an instance ends, with the names of the operations that
+    were running.
+    """
+
+    def __init__(self, on_idle=None):
+        self._lock = threading.Lock()
+        self._active = {}
+        self._on_idle = on_idle
+
+    @contextlib.contextmanager
+    def track(self, uuid, name):
+        with self._lock:
+            self._active.setdefault(uuid, collections.Counter())[name] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                ops = self._active[uuid]
+                ops[name] -= 1
+                if ops[name] == 0:
+                    del ops[name]
+                idle = not ops
+                if idle:
+                    del self._active[uuid]
+            if idle and self._on_idle is not None:
+                self._on_idle(uuid, name)
+
+    def active(self, uuid):
+        """Names of the operations in progress on ``uuid`` (sorted)."""
+        with self._lock:
+            return sorted(self._active.get(uuid, ()))
+
+    def busy(self):
+        """{uuid: [operation names]} of every instance being operated on."""
+        with self._lock:
+            return {uuid: sorted(ops) for uuid, ops in self._active.items()}
+
+
+def _instance_uuid(signature, args, kwargs):
+    bound = signature.bind_partial(*args, **kwargs)
+    instance = bound.arguments.get('instance')
+    return getattr(instance, 'uuid', None)
+
+
+def tracked(base_method, name):
+    """Wrap ``base_method`` to register each call as an operation.
+
+    The operation is called ``name`` and counted on the UUID of the
+    method's ``instance`` argument for as long as the call runs.
+    """
+    signature = inspect.signature(base_method)
+
+    @functools.wraps(base_method)
+    def wrapper(self, *args, **kwargs):
+        uuid = _instance_uuid(signature, (self,) + args, kwargs)
+        if uuid is None:
+            return base_method(self, *args, **kwargs)
+        with self._operations.track(uuid, name):
+            return base_method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def tracking_operations(cls):
+    """Class decorator: wrap the class's :data:`TRACKED_METHODS`.
+
+    Instances of the class must have a ``_operations`` attribute, a
+    :class:`DriverOperations`.
+    """
+    for name in TRACKED_METHODS:
+        if hasattr(cls, name):
+            setattr(cls, name, tracked(getattr(cls, name), name))
+    return cls

@@ -1,0 +1,91 @@
+"""How long a STOPPED event is held, and whether it still stands.
+
+Upstream Nova holds every STOPPED for 15 s, because a reboot also sends
+one. Here the driver knows when it is itself operating on an instance, and
+libvirt's detail says whether the guest shut itself down or crashed: a
+STOPPED nothing explains is handed on after a short grace, and every held
+STOPPED is checked against the live domain before it is delivered, so a
+late, lost or duplicated event cannot stop a running guest.
+"""
+
+import logging
+
+from nova_lifecycle.virt import events
+
+LOG = logging.getLogger(__name__)
+
+# libvirt virDomainState values Nova maps to a power state other than
+# SHUTDOWN or CRASHED: RUNNING, BLOCKED, PAUSED, PMSUSPENDED. (SHUTDOWN, a
+# domain being shut down, counts as off for Nova, and so here.)
+_UP_STATES = {1: 'running', 2: 'blocked', 3: 'paused',
+              7: 'suspended by the guest'}
+
+
+def guest_initiated(event):
+    """True when libvirt says the guest stopped by itself or died.
+
+    A crash, a QEMU process that failed, or a shutdown whose SHUTDOWN event
+    said the guest asked for it. A host-requested shutdown (Nova's ACPI
+    request, virsh) and a destroy are not.
+    """
+    detail = event.libvirt_detail
+    if detail in (events.STOPPED_CRASHED, events.STOPPED_FAILED):
+        return True
+    return (detail == events.STOPPED_SHUTDOWN and
+            event.shutdown_detail == events.SHUTDOWN_GUEST)
+
+
+class StoppedPolicy:
+    """The hold and the re-check for STOPPED events of one driver.
+
+    :param conf: the ``[lifecycle]`` option group.
+    :param operations: the driver's :class:`DriverOperations`.
+    :param live_state: ``live_state(uuid)`` -> libvirt domain state number,
+        None when there is no such domain.
+    """
+
+    def __init__(self, conf, operations, live_state):
+        self._conf = conf
+        self._operations = operations
+        self._live_state = live_state
+
+    def hold_for(self, event):
+        """Seconds to hold this STOPPED event."""
+        conf = self._conf
+        if not conf.fast_stopped_events:
+            return conf.stopped_event_delay
+        busy = self._operations.active(event.uuid)
+        if busy:
+            LOG.debug('STOPPED event for instance %s arrived during %s; held '
+                      'for %ss.', event.uuid, ', '.join(busy),
+                      conf.stopped_event_delay)
+            return conf.stopped_event_delay
+        if isinstance(event, events.DomainLifecycleEvent) and \
+                guest_initiated(event):
+            return min(conf.stopped_event_grace, conf.stopped_event_delay)
+        return conf.stopped_event_delay
+
+    def after_operations(self):
+        """Seconds a STOPPED is held once the driver's operations end.
+
+        None keeps the event's original deadline.
+        """
+        if not self._conf.fast_stopped_events:
+            return None
+        return min(self._conf.stopped_event_grace,
+                   self._conf.stopped_event_delay)
+
+    def recheck(self, event):
+        """A reason not to deliver this STOPPED now, or None."""
+        if not self._conf.fast_stopped_events:
+            return None
+        try:
+            state = self._live_state(event.uuid)
+        except Exception as exc:
+            LOG.warning('Cannot read the state of instance %s before '
+                        'delivering its STOPPED event; delivering it: %s',
+                        event.uuid, exc)
+            return None
+        if state in _UP_STATES:
+            return 'domain is %s again' % _UP_STATES[state]
+        return None
