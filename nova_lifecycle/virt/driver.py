@@ -14,16 +14,26 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import event as libvirtevent
 from nova.virt.libvirt import vif as libvirt_vif
 
+from nova_lifecycle import background
+from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
 from nova_lifecycle.virt import events
 from nova_lifecycle.virt import host as lifecycle_host
 from nova_lifecycle.virt import operations
 from nova_lifecycle.virt import pipeline
+from nova_lifecycle.virt import snapshot
 from nova_lifecycle.virt import stopped
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
+
+# A bulk power-state snapshot older than this is not used by the sync; the
+# sync takes one at its start, so this only bounds a sync that lags behind.
+SNAPSHOT_MAX_AGE = 60.0
+# Waits between attempts to reconnect to libvirt: doubling up to the cap.
+RECONNECT_FIRST_WAIT = 1.0
+RECONNECT_MAX_WAIT = 30.0
 
 
 @operations.tracking_operations
@@ -58,8 +68,28 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             conn_event_handler=self._handle_conn_event,
             event_sink=self.queue_event)
         self.vif_driver = libvirt_vif.LibvirtGenericVIFDriver(self._host)
+        self._power_states = None
+        self._hooks = hooks.ManagerHooks(self.recent_power_states)
+        self._connection_lost = False
+        self._reconnector = background.SingleRunner(
+            self._reconnect_libvirt, 'lifecycle-reconnect')
+        self._resyncer = background.SingleRunner(
+            lambda stopping: self._hooks.resync(), 'lifecycle-resync')
 
     # ComputeDriver event emitters
+
+    def register_event_listener(self, callback):
+        """Register the compute manager's handler (None unregisters).
+
+        The handler's manager also gets the plugin's power-state sync; see
+        :mod:`nova_lifecycle.compute.hooks`.
+        """
+        super().register_event_listener(callback)
+        if callback is None:
+            self._hooks.detach()
+        elif not self._hooks.attach(callback):
+            LOG.info('Event listener %r is not a compute manager method; '
+                     'the power-state sync is not hooked.', callback)
 
     def queue_event(self, event):
         """Accept an event from any thread without blocking it.
@@ -123,6 +153,55 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         else:
             LOG.warning('Ignoring unexpected libvirt notice %r', notice)
 
+    # Power-state sync
+
+    def get_num_instances(self):
+        """Number of domains, from one bulk query.
+
+        The power-state sync calls this first and then uses the same
+        snapshot for every instance (:mod:`nova_lifecycle.virt.snapshot`).
+        """
+        taken, _calls = snapshot.take(self._host.get_connection())
+        self._power_states = taken
+        return len(taken)
+
+    def recent_power_states(self):
+        """The last bulk snapshot, or None if there is no recent one."""
+        taken = self._power_states
+        if taken is not None and taken.age() <= SNAPSHOT_MAX_AGE:
+            return taken
+        return None
+
+    # libvirt connection
+
+    def _handle_conn_event(self, enabled, reason):
+        """After a lost connection: reconnect at once, then resync.
+
+        Events sent while the connection was down are gone, so every
+        instance of the host is synced as soon as it is back instead of at
+        the next periodic sync (up to ``sync_power_state_interval``).
+        """
+        super()._handle_conn_event(enabled, reason)
+        if not enabled:
+            self._connection_lost = True
+            self._reconnector.trigger()
+        elif self._connection_lost:
+            self._connection_lost = False
+            self._resyncer.trigger()
+
+    def _reconnect_libvirt(self, stopping):
+        wait = RECONNECT_FIRST_WAIT
+        while not stopping.is_set():
+            try:
+                self._host.get_connection()
+                LOG.info('Reconnected to libvirt.')
+                return
+            except Exception as exc:
+                LOG.warning('Reconnecting to libvirt failed, next try in '
+                            '%.0fs: %s', wait, exc)
+            stopping.wait(wait)
+            wait = min(wait * 2, RECONNECT_MAX_WAIT)
+
     # Life of the service
 
     def init_host(self, host):
@@ -132,6 +211,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
     def cleanup_host(self, host):
         # Stop libvirt's loop first so nothing new arrives while the
         # pipeline winds down.
+        self._reconnector.stop()
+        self._resyncer.stop()
         super().cleanup_host(host)
         self._pipeline.stop()
 

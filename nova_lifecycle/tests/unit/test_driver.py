@@ -169,24 +169,38 @@ class EventPathTest(DriverTestCase):
 
 class ConnectionAndShutdownTest(DriverTestCase):
 
-    def test_connection_closed_reaches_the_driver_off_libvirt_thread(self):
+    def test_connection_closed_then_reconnected_and_resynced(self):
         seen = []
-        done = threading.Event()
+        cond = threading.Condition()
 
         def set_host_enabled(enabled, reason):
-            seen.append((enabled, reason, threading.current_thread().name))
-            if not enabled:
-                done.set()
+            with cond:
+                seen.append((enabled, reason,
+                             threading.current_thread().name))
+                cond.notify_all()
 
+        resyncs = []
         self.useFixture(fixtures.MockPatchObject(
             self.driver, '_set_host_enabled', side_effect=set_host_enabled))
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver._hooks, 'resync',
+            side_effect=lambda: resyncs.append('resync')))
         conn = self.start_events()
+        with cond:
+            self.assertTrue(cond.wait_for(lambda: len(seen) == 1, WAIT))
+        # The initial connection: enabled, and no resync for it.
+        self.assertTrue(seen[0][0])
         self.driver._host._close_callback(conn, 'libvirtd went away', None)
-        self.assertTrue(done.wait(WAIT))
-        enabled, reason, thread = seen[-1]
+        with cond:
+            self.assertTrue(cond.wait_for(lambda: len(seen) == 3, WAIT))
+        enabled, reason, thread = seen[1]
         self.assertFalse(enabled)
         self.assertIn('libvirtd went away', reason)
         self.assertEqual(lc_host.CONN_THREAD_NAME, thread)
+        # Reconnected by the plugin, without waiting for a caller.
+        self.assertTrue(seen[2][0])
+        self.driver._resyncer.stop(WAIT)
+        self.assertEqual(['resync'], resyncs)
 
     def test_cleanup_host_stops_every_plugin_thread(self):
         self.flags(stopped_event_delay=3600, group='lifecycle')

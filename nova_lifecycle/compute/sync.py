@@ -1,0 +1,55 @@
+"""The periodic power-state sync, fed by one bulk hypervisor query.
+
+Nova's ``_sync_power_states`` asks the driver for its number of instances
+(the plugin takes a snapshot of every domain's state in that one call) and
+then syncs each instance of the host in turn. :func:`query_and_sync` takes
+the place of the per-instance step: it uses the snapshot where it agrees
+with the database, reads the one domain again where it does not, and then
+applies Nova's own decision table (``_sync_instance_power_state``).
+"""
+
+import logging
+
+from nova.compute import power_state
+from nova import exception
+
+LOG = logging.getLogger(__name__)
+
+
+def query_and_sync(manager, recent_power_states, context, db_instance):
+    """Stands in for ``ComputeManager._query_driver_power_state_and_sync``.
+
+    Runs under the manager's per-instance lock, the one ``stop_instance``
+    takes, so the row read here cannot change under it because of a stop.
+
+    :param recent_power_states: returns a recent PowerStateSnapshot or
+        None (then every instance is read on its own, as upstream).
+    """
+    if db_instance.task_state is not None:
+        LOG.info("During sync_power_state the instance has a pending task "
+                 "(%(task)s). Skip.", {'task': db_instance.task_state},
+                 instance=db_instance)
+        return
+    vm_power_state = None
+    snapshot = recent_power_states()
+    if snapshot is not None:
+        db_instance.refresh(use_slave=True)
+        seen = snapshot.power_state(db_instance.uuid)
+        if seen == db_instance.power_state:
+            vm_power_state = seen
+        else:
+            LOG.debug('Power state of the bulk query (%(seen)s) differs from '
+                      'the database (%(db)s); reading the domain again.',
+                      {'seen': seen, 'db': db_instance.power_state},
+                      instance=db_instance)
+    if vm_power_state is None:
+        try:
+            vm_power_state = manager.driver.get_info(db_instance).state
+        except exception.InstanceNotFound:
+            vm_power_state = power_state.NOSTATE
+    try:
+        manager._sync_instance_power_state(context, db_instance,
+                                           vm_power_state, use_slave=True)
+    except exception.InstanceNotFound:
+        # Deleted while we looked: nothing to sync.
+        pass
