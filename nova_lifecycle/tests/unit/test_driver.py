@@ -179,12 +179,11 @@ class ConnectionAndShutdownTest(DriverTestCase):
                              threading.current_thread().name))
                 cond.notify_all()
 
-        resyncs = []
+        resynced = threading.Event()
         self.useFixture(fixtures.MockPatchObject(
             self.driver, '_set_host_enabled', side_effect=set_host_enabled))
         self.useFixture(fixtures.MockPatchObject(
-            self.driver._hooks, 'resync',
-            side_effect=lambda: resyncs.append('resync')))
+            self.driver._hooks, 'resync', side_effect=resynced.set))
         conn = self.start_events()
         with cond:
             self.assertTrue(cond.wait_for(lambda: len(seen) == 1, WAIT))
@@ -199,8 +198,8 @@ class ConnectionAndShutdownTest(DriverTestCase):
         self.assertEqual(lc_host.CONN_THREAD_NAME, thread)
         # Reconnected by the plugin, without waiting for a caller.
         self.assertTrue(seen[2][0])
-        self.driver._resyncer.stop(WAIT)
-        self.assertEqual(['resync'], resyncs)
+        self.assertTrue(resynced.wait(WAIT))
+        self.assertEqual(1, self.driver._hooks.resync.call_count)
 
     def test_cleanup_host_stops_every_plugin_thread(self):
         self.flags(stopped_event_delay=3600, group='lifecycle')
