@@ -14,7 +14,7 @@ and its locking stay Nova's. ``detach`` (when the manager unregisters, at
 """
 
 import functools
-import logging
+from oslo_log import log as logging
 
 from nova.compute import manager as compute_manager
 from nova import context as nova_context

@@ -8,7 +8,7 @@ with the database, reads the one domain again where it does not, and then
 applies Nova's own decision table (``_sync_instance_power_state``).
 """
 
-import logging
+from oslo_log import log as logging
 
 from nova.compute import power_state
 from nova import exception

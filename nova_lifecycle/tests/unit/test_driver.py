@@ -58,6 +58,10 @@ class DriverTestCase(test.NoDBTestCase):
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
         self.useFixture(fixtures.Timeout(base.TEST_TIMEOUT, gentle=True))
         self.useFixture(fakelibvirt.LibvirtFixture())
+        # Connection events enable or disable the compute service in the
+        # DB; these tests have none.
+        self.set_host_enabled = self.useFixture(fixtures.MockPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver._set_host_enabled')).mock
         self.flags(stopped_event_delay=0.05, group='lifecycle')
         self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
                                                        False)
@@ -173,15 +177,15 @@ class ConnectionAndShutdownTest(DriverTestCase):
         seen = []
         cond = threading.Condition()
 
-        def set_host_enabled(enabled, reason):
+        def set_host_enabled(*args):
+            enabled, reason = args[-2:]
             with cond:
                 seen.append((enabled, reason,
                              threading.current_thread().name))
                 cond.notify_all()
 
         resynced = threading.Event()
-        self.useFixture(fixtures.MockPatchObject(
-            self.driver, '_set_host_enabled', side_effect=set_host_enabled))
+        self.set_host_enabled.side_effect = set_host_enabled
         self.useFixture(fixtures.MockPatchObject(
             self.driver._hooks, 'resync', side_effect=resynced.set))
         conn = self.start_events()
