@@ -59,7 +59,7 @@ driver operation is still held once the operation has ended.
 """),
     cfg.IntOpt(
         'dispatch_workers',
-        default=8,
+        default=16,
         min=1,
         help="""
 Most lifecycle events handled at the same time.
@@ -67,6 +67,8 @@ Most lifecycle events handled at the same time.
 Events of one instance are always handled one after the other, in the order
 libvirt sent them; events of different instances are handled concurrently
 by up to this many workers. The libvirt event loop never waits for them.
+Handling an event mostly waits on the database and the conductor, so more
+workers than cores pay off; each one may hold a database connection.
 """),
 ]
 
