@@ -8,6 +8,8 @@ with the database, reads the one domain again where it does not, and then
 applies Nova's own decision table (``_sync_instance_power_state``).
 """
 
+import contextlib
+
 from oslo_log import log as logging
 
 from nova.compute import power_state
@@ -30,8 +32,15 @@ def query_and_sync(manager, recent_power_states, context, db_instance):
                  "(%(task)s). Skip.", {'task': db_instance.task_state},
                  instance=db_instance)
         return
+    try:
+        _sync_one(manager, recent_power_states(), context, db_instance)
+    except exception.InstanceNotFound:
+        # Deleted while we looked: nothing to sync.
+        pass
+
+
+def _sync_one(manager, snapshot, context, db_instance):
     vm_power_state = None
-    snapshot = recent_power_states()
     if snapshot is not None:
         db_instance.refresh(use_slave=True)
         seen = snapshot.power_state(db_instance.uuid)
@@ -47,9 +56,24 @@ def query_and_sync(manager, recent_power_states, context, db_instance):
             vm_power_state = manager.driver.get_info(db_instance).state
         except exception.InstanceNotFound:
             vm_power_state = power_state.NOSTATE
-    try:
+    with _refreshed_once(db_instance, snapshot is not None):
         manager._sync_instance_power_state(context, db_instance,
                                            vm_power_state, use_slave=True)
-    except exception.InstanceNotFound:
-        # Deleted while we looked: nothing to sync.
-        pass
+
+
+@contextlib.contextmanager
+def _refreshed_once(db_instance, fresh_row):
+    """Spare Nova's step a second read of a row just read under its lock.
+
+    ``_sync_instance_power_state`` starts with ``refresh()``; the row was
+    refreshed above under the same per-instance lock, so that read would
+    return the same row. Upstream reads each row once per sync; so do we.
+    """
+    if not fresh_row:
+        yield
+        return
+    db_instance.refresh = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del db_instance.refresh
