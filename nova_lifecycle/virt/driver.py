@@ -22,6 +22,7 @@ from nova_lifecycle.virt import events
 from nova_lifecycle.virt import host as lifecycle_host
 from nova_lifecycle.virt import operations
 from nova_lifecycle.virt import pipeline
+from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
 from nova_lifecycle.virt import stopped
 
@@ -50,6 +51,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             on_idle=self._operations_ended)
         self._stopped_policy = stopped.StoppedPolicy(
             CONF.lifecycle, self._operations, self._live_domain_state)
+        self._stop_waiters = shutdown.StopWaiters()
         self._pipeline = pipeline.EventPipeline(
             deliver=self._deliver_event,
             stopped_event_delay=CONF.lifecycle.stopped_event_delay,
@@ -57,7 +59,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             green=not concurrency.threading_mode(),
             route_other=self._route_host_notice,
             hold_for=self._stopped_policy.hold_for,
-            recheck=self._stopped_policy.recheck)
+            recheck=self._stopped_policy.recheck,
+            watch=self._stop_waiters.notify)
         # Upstream built its Host before we could choose the class; swap it
         # for ours before anything connects, and point the VIF driver, the
         # only part built with it, at the new one.
@@ -152,6 +155,17 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             self._host.queue_connection_closed(notice)
         else:
             LOG.warning('Ignoring unexpected libvirt notice %r', notice)
+
+    # Clean guest shutdown
+
+    def _clean_shutdown(self, instance, timeout, retry_interval):
+        """ACPI shutdown with retries; ends on the domain's STOPPED event.
+
+        Same contract as upstream (True when the guest shut down within
+        ``timeout`` seconds); see :mod:`nova_lifecycle.virt.shutdown`.
+        """
+        return shutdown.clean_shutdown(self._host, self._stop_waiters,
+                                       instance, timeout, retry_interval)
 
     # Power-state sync
 

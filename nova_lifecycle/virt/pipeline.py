@@ -69,12 +69,16 @@ class EventPipeline:
     :param recheck: ``recheck(event)`` runs on the dispatch worker right
         before a STOPPED is delivered; a string it returns is a reason to
         cancel the event instead (e.g. the domain runs again).
+    :param watch: ``watch(event)`` sees every instance event as it comes
+        in, before any hold (e.g. to wake a power-off waiting for it); it
+        must not block.
     """
 
     def __init__(self, deliver, stopped_event_delay, workers, green,
                  route_other=None, name='lifecycle', hold_for=None,
-                 recheck=None):
+                 recheck=None, watch=None):
         self._deliver = deliver
+        self._watch = watch
         self._route_other = route_other
         self._hold_for = hold_for
         self._recheck = recheck
@@ -163,6 +167,12 @@ class EventPipeline:
         if isinstance(event, events.DomainLifecycleEvent):
             if not self._readable(event):
                 return
+        if self._watch is not None:
+            try:
+                self._watch(event)
+            except Exception:
+                LOG.exception('Watching event %s of instance %s failed',
+                              event, event.uuid)
         with self._lock:
             if self._stopping:
                 stopping = True
