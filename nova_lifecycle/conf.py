@@ -70,6 +70,17 @@ by up to this many workers. The libvirt event loop never waits for them.
 Handling an event mostly waits on the database and the conductor, so more
 workers than cores pay off; each one may hold a database connection.
 """),
+    cfg.IntOpt(
+        'stats_log_interval',
+        default=0,
+        min=0,
+        help="""
+Seconds between two INFO log lines with the plugin's event counters
+(received, delivered, cancelled, failed, pending), the STOPPED events held
+and the dispatch queue. 0 (the default) logs none. The same figures, with
+the held instances and the plugin's threads, are always in the
+"nova-lifecycle" section of nova-compute's Guru Meditation Report.
+"""),
 ]
 
 

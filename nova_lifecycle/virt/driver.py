@@ -22,6 +22,7 @@ from nova_lifecycle.virt import events
 from nova_lifecycle.virt import host as lifecycle_host
 from nova_lifecycle.virt import operations
 from nova_lifecycle.virt import pipeline
+from nova_lifecycle.virt import report
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
 from nova_lifecycle.virt import stopped
@@ -78,6 +79,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             self._reconnect_libvirt, 'lifecycle-reconnect')
         self._resyncer = background.SingleRunner(
             lambda stopping: self._hooks.resync(), 'lifecycle-resync')
+        self._stats_logger = background.SingleRunner(
+            self._log_stats, 'lifecycle-stats')
 
     # ComputeDriver event emitters
 
@@ -220,13 +223,21 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
     def init_host(self, host):
         self._pipeline.start()
+        report.register(self)
+        if CONF.lifecycle.stats_log_interval:
+            self._stats_logger.trigger()
         super().init_host(host)
+
+    def _log_stats(self, stopping):
+        while not stopping.wait(CONF.lifecycle.stats_log_interval):
+            report.log_line(self)
 
     def cleanup_host(self, host):
         # Stop libvirt's loop first so nothing new arrives while the
         # pipeline winds down.
         self._reconnector.stop()
         self._resyncer.stop()
+        self._stats_logger.stop()
         super().cleanup_host(host)
         self._pipeline.stop()
 

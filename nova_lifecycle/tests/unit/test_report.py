@@ -1,0 +1,66 @@
+"""The operator's view: Guru Meditation section and periodic stats line."""
+
+import threading
+
+import fixtures
+from nova import version
+from oslo_reports import guru_meditation_report as gmr
+
+from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.virt import events
+from nova_lifecycle.virt import report
+
+WAIT = 10
+UUID = test_driver.UUID
+
+
+class ReportTest(test_driver.DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags(stopped_event_delay=60, group='lifecycle')
+        self.driver.register_event_listener(self.listener)
+        self.conn = self.start_events()
+        self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
+        self.conn._emit_lifecycle(self.dom, events.STOPPED,
+                                  events.STOPPED_DESTROYED)
+        self.assertTrue(self.driver._pipeline.ledger.wait_received(3, WAIT))
+        report.register(self.driver)
+
+    def test_status_accounts_for_every_event(self):
+        status = report.status(self.driver)
+        counts = status['events']
+        self.assertEqual(counts['received'],
+                         counts['delivered'] + counts['cancelled'] +
+                         counts['failed'] + counts['pending'])
+        self.assertEqual(1, counts['pending'])
+        self.assertEqual([UUID], list(status['held STOPPED events']))
+        self.assertIn('lifecycle-libvirt-loop', status['threads'])
+
+    def test_guru_meditation_report_has_the_section(self):
+        text = gmr.TextGuruMeditation(version).run()
+        self.assertIn(report.SECTION, text)
+        section = text[text.index(report.SECTION):]
+        self.assertIn(UUID, section)
+        self.assertIn('delivered in', section)
+        self.assertIn('lifecycle-libvirt-loop', section)
+
+    def test_log_line(self):
+        logs = self.useFixture(fixtures.FakeLogger())
+        report.log_line(self.driver)
+        self.assertIn('events received', logs.output)
+        self.assertIn('1 STOPPED held', logs.output)
+
+    def test_periodic_stats_thread(self):
+        self.flags(stats_log_interval=1, group='lifecycle')
+        logged = threading.Event()
+        self.useFixture(fixtures.MockPatch(
+            'nova_lifecycle.virt.report.log_line',
+            side_effect=lambda driver: logged.set()))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.driver.CONF.lifecycle.stats_log_interval',
+            0.01))
+        self.driver._stats_logger.trigger()
+        self.assertTrue(logged.wait(WAIT))
+        self.driver.cleanup_host('compute1')
+        self.assertFalse(self.driver._stats_logger.is_running())
