@@ -15,6 +15,7 @@ from nova.virt import fake
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
 from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.virt import driver as lc_driver
 
 WAIT = 10
@@ -31,24 +32,17 @@ def uuid_of(n):
     return '00000000-0000-0000-0000-%012d' % n
 
 
-class GatedListener:
+class GatedListener(test_driver.Listener):
+    """A listener that can be held at a gate before it records."""
 
     def __init__(self):
+        super().__init__()
         self.gate = threading.Event()
         self.gate.set()
-        self.events = []
-        self.cond = threading.Condition()
 
     def __call__(self, event):
         self.gate.wait(WAIT)
-        with self.cond:
-            self.events.append(event)
-            self.cond.notify_all()
-
-    def wait_for(self, count):
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.events) >= count,
-                                      WAIT)
+        super().__call__(event)
 
 
 class TestDriverEventPathTest(test.NoDBTestCase):
