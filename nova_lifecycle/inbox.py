@@ -83,7 +83,10 @@ class GreenPipeInbox:
         os.write(self._write_fd, b'.')
 
     def stop(self, timeout=None):
-        """Let the reader handle what was put so far, then end it."""
+        """Let the reader handle what was put so far, then end it.
+
+        Not for concurrent calls: the owner serialises them.
+        """
         if self._stopped:
             return True
         if self._thread is not None:

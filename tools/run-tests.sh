@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The project's test suite, as CI runs it: style (pep8/hacking) and the unit
-# tests (the compute_driver loader test among them) against nova 33 and
-# nova 34, each in both of nova's concurrency modes (native threads, then
-# eventlet). Sets up what it needs first (tools/install-deps.sh).
+# The project's test suite, as CI runs it: style (pep8/hacking), the sample
+# config, the unit tests (the compute_driver loader test among them) and the
+# functional tests (nova's in-process deployment with the plugin as its
+# compute driver) against nova 33 and nova 34, each in both of nova's
+# concurrency modes (native threads, then eventlet). Sets up what it needs
+# first (tools/install-deps.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ./tools/install-deps.sh
 
-ENVS=${NOVA_LIFECYCLE_TEST_ENVS:-pep8,genconfig,py3-nova33,py3-nova34}
+ENVS=${NOVA_LIFECYCLE_TEST_ENVS:-pep8,genconfig,py3-nova33,py3-nova34,functional-nova33,functional-nova34}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 

@@ -8,6 +8,7 @@ following event can cancel it.
 """
 
 import logging
+import threading
 
 from nova.virt import event as virtevent
 from nova.virt.libvirt import driver as libvirt_driver
@@ -81,6 +82,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             lambda stopping: self._hooks.resync(), 'lifecycle-resync')
         self._stats_logger = background.SingleRunner(
             self._log_stats, 'lifecycle-stats')
+        self._cleanup_lock = threading.Lock()
 
     # ComputeDriver event emitters
 
@@ -233,6 +235,16 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             report.log_line(self)
 
     def cleanup_host(self, host):
+        """Wind down every thread of the plugin; safe to call again.
+
+        Nova may call this from more than one thread at once (each
+        service stop runs the manager's graceful shutdown on its own
+        thread), so calls are serialised.
+        """
+        with self._cleanup_lock:
+            self._cleanup_host(host)
+
+    def _cleanup_host(self, host):
         # Stop libvirt's loop first so nothing new arrives while the
         # pipeline winds down.
         self._reconnector.stop()

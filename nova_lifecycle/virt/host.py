@@ -90,7 +90,10 @@ class LifecycleHost(nova_host.Host):
             self._dispatch_conn_event()
 
     def cleanup(self, timeout=10):
-        """Stop the libvirt loop and the connection-event thread."""
+        """Stop the libvirt loop and the connection-event thread.
+
+        Not for concurrent calls: the driver serialises them.
+        """
         super().cleanup()
         if not self._event_loop.stop(timeout):
             LOG.warning('libvirt event loop thread did not stop within %ss',

@@ -225,3 +225,23 @@ class ConnectionAndShutdownTest(DriverTestCase):
         self.assertEqual(0, stats['pending'])
         self.assertIn('Pending STOPPED event for instance %s dropped by '
                       'shutdown' % UUID, self.stdlog.logger.output)
+
+    def test_concurrent_cleanup_host_calls(self):
+        """Nova 34 may run cleanup_host on two threads at once."""
+        self.start_events()
+        errors = []
+
+        def cleanup():
+            try:
+                self.driver.cleanup_host('compute1')
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=cleanup, name='stop-%d' % i)
+                   for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        self.assertEqual([], errors)
+        self.assertEqual([], self.driver.lifecycle_threads_alive())
