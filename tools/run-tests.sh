@@ -3,8 +3,9 @@
 # config, the unit tests (the compute_driver loader test among them) and the
 # functional tests (nova's in-process deployment with the plugin as its
 # compute driver) against nova 33 and nova 34, each in both of nova's
-# concurrency modes (native threads, then eventlet). Sets up what it needs
-# first (tools/install-deps.sh).
+# concurrency modes (native threads, then eventlet); then the OpenStack
+# pieces (devstack plugin, Zuul config, release notes, docs). Sets up what
+# it needs first (tools/install-deps.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,6 +17,12 @@ trap 'rm -f "$log"' EXIT
 
 status=0
 .venv-tools/bin/tox -e "$ENVS" 2>&1 | tee "$log" || status=$?
+
+# devstack plugin (bashate), Zuul config (yamllint + schema), release
+# notes (reno lint + build) and docs (sphinx -W).
+if [ -z "${NOVA_LIFECYCLE_TEST_ENVS:-}" ]; then
+    ./tools/check-openstack-integration.sh || status=1
+fi
 
 # stestr prints a Totals block per run; add them up into one closing line.
 count() { awk -v k="$1" '$1 == "-" && $2 == k":" {s += $3} END {print s + 0}' "$log"; }
