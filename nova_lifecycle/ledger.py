@@ -47,15 +47,18 @@ class EventLedger:
     def snapshot(self):
         """A consistent copy of the counters as a plain dict."""
         with self._lock:
-            return {
-                'received': self.received,
-                'delivered': self.delivered,
-                'cancelled': sum(self.cancelled.values()),
-                'failed': sum(self.failed.values()),
-                'pending': self.pending,
-                'cancelled_by_reason': dict(self.cancelled),
-                'failed_by_error': dict(self.failed),
-            }
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self):
+        return {
+            'received': self.received,
+            'delivered': self.delivered,
+            'cancelled': sum(self.cancelled.values()),
+            'failed': sum(self.failed.values()),
+            'pending': self.pending,
+            'cancelled_by_reason': dict(self.cancelled),
+            'failed_by_error': dict(self.failed),
+        }
 
     def balanced(self):
         """True when every received event is counted exactly once."""
@@ -78,3 +81,9 @@ class EventLedger:
         with self._lock:
             return self._lock.wait_for(lambda: self.received >= received,
                                        timeout)
+
+    def wait_until(self, predicate, timeout=None):
+        """Wait until ``predicate(snapshot)`` holds; True if it did."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: predicate(self._snapshot_locked()), timeout)

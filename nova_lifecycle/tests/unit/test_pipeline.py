@@ -111,8 +111,9 @@ class OrderAndConcurrencyTest(PipelineTestCase):
         self.recorder.wait_for(len(sequence) * len(uuids))
         for uuid in uuids:
             self.assertEqual(sequence, self.recorder.transitions(uuid))
-        self.assertEqual(len(sequence) * len(uuids),
-                         p.ledger.snapshot()['delivered'])
+        # The ledger counts once the listener has returned.
+        stats = self.wait_ended(p, len(sequence) * len(uuids))
+        self.assertEqual(len(sequence) * len(uuids), stats['delivered'])
 
     def test_queue_event_never_waits_for_the_listener(self):
         p = self.make(workers=2)
