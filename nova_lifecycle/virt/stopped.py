@@ -25,8 +25,11 @@ def guest_initiated(event):
     """True when libvirt says the guest stopped by itself or died.
 
     A crash, a QEMU process that failed, or a shutdown whose SHUTDOWN event
-    said the guest asked for it. A host-requested shutdown (Nova's ACPI
-    request, virsh) and a destroy are not.
+    says GUEST. QEMU reports an ACPI shutdown requested from the host as
+    GUEST as well (seen with libvirt 9.0 / QEMU 7.2): Nova's own clean
+    shutdowns are driver operations and wait anyway; an operator's
+    ``virsh shutdown`` gets the grace, which is right since the guest is
+    then off. A destroy (SHUTDOWN_HOST, STOPPED_DESTROYED) is not.
     """
     detail = event.libvirt_detail
     if detail in (events.STOPPED_CRASHED, events.STOPPED_FAILED):
