@@ -90,10 +90,11 @@ class RealisticDomainEvents(fixtures.Fixture):
     """Nova's fake libvirt with the lifecycle details libvirt sends.
 
     The fake sends STARTED_BOOTED when a domain is started (as libvirt) and
-    STOPPED_SHUTDOWN whenever a running domain stops. libvirt sends
-    STOPPED_DESTROYED for a destroy, and a SHUTDOWN event (detail
-    SHUTDOWN_HOST when the host asked) before the STOPPED_SHUTDOWN of a
-    shutdown; this fixture adds both.
+    STOPPED_SHUTDOWN whenever a running domain stops. Real libvirt 9.0 with
+    QEMU 7.2 (tests/integration) sends SHUTDOWN_HOST then
+    STOPPED_DESTROYED for a destroy, and SHUTDOWN_GUEST then
+    STOPPED_SHUTDOWN for an ACPI shutdown even when the host asked for it;
+    this fixture makes the fake do the same.
     """
 
     def _setUp(self):
@@ -112,6 +113,9 @@ class RealisticDomainEvents(fixtures.Fixture):
     def _destroy(destroy):
         @functools.wraps(destroy)
         def wrapper(dom):
+            if dom._state == RUNNING:
+                dom._connection._emit_lifecycle(dom, events.SHUTDOWN,
+                                                events.SHUTDOWN_HOST)
             dom._lifecycle_stopped_detail = events.STOPPED_DESTROYED
             try:
                 return destroy(dom)
@@ -125,7 +129,7 @@ class RealisticDomainEvents(fixtures.Fixture):
         def wrapper(dom):
             if dom._state == RUNNING:
                 dom._connection._emit_lifecycle(dom, events.SHUTDOWN,
-                                                events.SHUTDOWN_HOST)
+                                                events.SHUTDOWN_GUEST)
             return shutdown(dom)
         return wrapper
 

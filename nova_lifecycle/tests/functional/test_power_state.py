@@ -102,22 +102,25 @@ class RebootTest(PowerStateTestCase):
         before = self.lifecycle_stats()
         domain = self.domain(server)
 
-        # Soft: SHUTDOWN_HOST, STOPPED_SHUTDOWN, then STARTED_BOOTED.
+        # Soft: SHUTDOWN_GUEST (QEMU's word for an ACPI shutdown, whoever
+        # asked), STOPPED_SHUTDOWN, then STARTED_BOOTED.
         self._reboot_server(server, hard=False)
         # Nova's soft reboot keeps the domain; its fallback, a hard reboot,
         # would have defined a new one.
         self.assertIs(domain, self.domain(server))
-        self.assertEqual(['STARTED_BOOTED', 'SHUTDOWN_HOST',
+        self.assertEqual(['STARTED_BOOTED', 'SHUTDOWN_GUEST',
                           'STOPPED_SHUTDOWN', 'STARTED_BOOTED'],
                          self.events.of(server))
         self.wait_for_stats(
             lambda s: self.stopped_cancelled(s) == 1 and s['pending'] == 0,
             'the STOPPED of the soft reboot to be cancelled')
 
-        # Hard: STOPPED_DESTROYED, then STARTED_BOOTED of a new domain.
+        # Hard: SHUTDOWN_HOST, STOPPED_DESTROYED, then STARTED_BOOTED of a
+        # new domain.
         self._reboot_server(server, hard=True)
         self.assertIsNot(domain, self.domain(server))
-        self.assertEqual(['STOPPED_DESTROYED', 'STARTED_BOOTED'],
+        self.assertEqual(['SHUTDOWN_HOST', 'STOPPED_DESTROYED',
+                          'STARTED_BOOTED'],
                          self.events.of(server)[4:])
         self.wait_for_stats(
             lambda s: self.stopped_cancelled(s) == 2 and s['pending'] == 0,
@@ -147,7 +150,7 @@ class ApiStopStartTest(PowerStateTestCase):
         self._stop_server(server)
         self.wait_for_status(server, 'SHUTOFF')
         self.assertEqual(base.SHUTOFF, self.domain(server)._state)
-        self.assertEqual(['STARTED_BOOTED', 'SHUTDOWN_HOST',
+        self.assertEqual(['STARTED_BOOTED', 'SHUTDOWN_GUEST',
                           'STOPPED_SHUTDOWN'], self.events.of(server))
         # The STOPPED came during Nova's power_off and was held; once the
         # power_off ended it was due after the grace, not the 60 s delay,
@@ -257,6 +260,6 @@ class PeriodicSyncTest(PowerStateTestCase):
         # Only the forced stops of running domains made libvirt events.
         for server in servers:
             new = self.events.of(server)[seen[server['id']]:]
-            expected = (['SHUTDOWN_HOST', 'STOPPED_SHUTDOWN']
+            expected = (['SHUTDOWN_GUEST', 'STOPPED_SHUTDOWN']
                         if server in running_stopped else [])
             self.assertEqual(expected, new, server['id'])
