@@ -180,7 +180,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         The power-state sync calls this first and then uses the same
         snapshot for every instance (:mod:`nova_lifecycle.virt.snapshot`).
         """
-        taken, _calls = snapshot.take(self._host.get_connection())
+        taken = snapshot.take(self._host.get_connection())
         self._power_states = taken
         return len(taken)
 

@@ -49,7 +49,6 @@ def take(conn):
 
     Falls back to listing the domains and asking each one (what upstream
     costs) where the connection lacks the call (old libvirt, Nova's fake).
-    :returns: (snapshot, number of libvirt calls it took)
     """
     libvirt = events.libvirt_module()
     get_all_stats = getattr(conn, 'getAllDomainStats', None)
@@ -62,9 +61,9 @@ def take(conn):
         else:
             return PowerStateSnapshot({
                 dom.UUIDString(): _nova_state(stats.get('state.state'))
-                for dom, stats in records}), 1
+                for dom, stats in records})
     flags = (libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE |
              libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
     domains = conn.listAllDomains(flags)
     return PowerStateSnapshot({dom.UUIDString(): _nova_state(dom.info()[0])
-                               for dom in domains}), 1 + len(domains)
+                               for dom in domains})

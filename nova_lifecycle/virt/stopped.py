@@ -65,7 +65,7 @@ class StoppedPolicy:
             return conf.stopped_event_delay
         if isinstance(event, events.DomainLifecycleEvent) and \
                 guest_initiated(event):
-            return min(conf.stopped_event_grace, conf.stopped_event_delay)
+            return self._grace()
         return conf.stopped_event_delay
 
     def after_operations(self):
@@ -75,6 +75,10 @@ class StoppedPolicy:
         """
         if not self._conf.fast_stopped_events:
             return None
+        return self._grace()
+
+    def _grace(self):
+        # The grace never makes a STOPPED wait longer than the delay.
         return min(self._conf.stopped_event_grace,
                    self._conf.stopped_event_delay)
 
