@@ -78,6 +78,26 @@ def _run_task(future, fn, args, kwargs):
         future.set_result(result)
 
 
+def _settle_unrun(future, handed):
+    """Done-callback of the executor's Future: end ours if it never ran.
+
+    An executor can end a task it accepted without running it: cancelled
+    (shutdown with cancel_futures) or failed (a pool whose workers cannot
+    start fails its queue). ``_run_task`` then never resolved ``future``,
+    nor notified the waiters of a cancel made after the hand-over; both
+    happen here, so no Future of ours is left pending.
+    """
+    if not handed.cancelled() and handed.exception() is None:
+        return  # _run_task ran: it resolved or notified ``future``.
+    if future.done() and not future.cancelled():
+        return
+    if handed.cancelled() or future.cancelled():
+        future.cancel()
+        future.set_running_or_notify_cancel()
+    elif future.set_running_or_notify_cancel():
+        future.set_exception(handed.exception())
+
+
 class DelayedExecutor:
     """Hands tasks to ``executor`` once their delay has passed.
 
@@ -243,9 +263,12 @@ class DelayedExecutor:
             return
         fn, args, kwargs = call
         try:
-            self._executor.submit(_run_task, future, fn, args, kwargs)
+            handed = self._executor.submit(_run_task, future, fn, args,
+                                           kwargs)
         except Exception as exc:
             LOG.warning('%s: executor refused %s: %s',
                         self._name, _describe(call), exc)
             if future.set_running_or_notify_cancel():
                 future.set_exception(exc)
+            return
+        handed.add_done_callback(functools.partial(_settle_unrun, future))

@@ -61,6 +61,15 @@ class _Item(object):
             self.future.set_result(result)
 
 
+class _DrainRun(object):
+    """Tells a drain task's done-callback whether the task ever started."""
+
+    __slots__ = ('started',)
+
+    def __init__(self):
+        self.started = False
+
+
 class KeyedDispatcher(object):
     """Run callables in order per key, concurrently across keys.
 
@@ -194,24 +203,39 @@ class KeyedDispatcher(object):
 
     def _schedule(self, key, queue):
         """Hand a drain task for ``key`` to the executor."""
+        run = _DrainRun()
         try:
-            task = self._executor.submit(self._drain, key, queue)
+            task = self._executor.submit(self._drain, key, queue, run)
         except Exception as exc:
             LOG.warning('%s: executor refused work for key %r, failing '
                         'the items queued for it: %r', self._name, key, exc)
             self._abandon(key, queue, exc)
             return
         task.add_done_callback(
-            functools.partial(self._drain_task_done, key, queue))
+            functools.partial(self._drain_task_done, key, queue, run))
 
-    def _drain_task_done(self, key, queue, task):
-        # A drain task the executor cancelled (e.g. shutdown with
-        # cancel_futures) never ran: release its key, cancel its items.
+    def _drain_task_done(self, key, queue, run, task):
+        """Release a key whose drain task ended without running.
+
+        An executor can end a task it accepted without calling it: cancel
+        it (shutdown with cancel_futures) or fail it (a pool whose workers
+        cannot start fails its queue with BrokenThreadPool). The key would
+        then wait for that task forever; its items are cancelled or failed
+        with the executor's error instead.
+        """
+        if run.started:
+            return
         if task.cancelled():
             LOG.warning('%s: executor cancelled the task of key %r, '
                         'cancelling the items queued for it',
                         self._name, key)
             self._abandon(key, queue, None)
+            return
+        exc = task.exception() or RuntimeError(
+            'executor ended the task without running it')
+        LOG.warning('%s: executor dropped the task of key %r, failing the '
+                    'items queued for it: %r', self._name, key, exc)
+        self._abandon(key, queue, exc)
 
     def _abandon(self, key, queue, exc):
         """Forget ``key``; fail its items with exc, or cancel them."""
@@ -236,12 +260,13 @@ class KeyedDispatcher(object):
                 self._unfinished -= len(items)
                 self._notify_if_idle()
 
-    def _drain(self, key, queue):
+    def _drain(self, key, queue, run):
         """Run the next item of ``key``; then re-submit or release the key.
 
         Runs in the executor. Whatever goes wrong here, the finally clause
         keeps the key moving so it can never get stuck.
         """
+        run.started = True
         ran = False
         try:
             item = self._next_item(key, queue)

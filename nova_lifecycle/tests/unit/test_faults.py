@@ -1,0 +1,989 @@
+"""Faults on the event path: every event accounted for, no thread dies.
+
+Each test makes a fault happen where it would in production (Nova's own
+compute manager and object layer, Nova's fake libvirt, real executors) and
+then checks:
+
+* the ledger: each event ended in the right bucket, with its reason or
+  error, and received = delivered + cancelled + failed + pending;
+* that the path still works: the next event is delivered (the driver
+  tests run one dispatch worker, so a dead worker would show) and
+  libvirt's loop thread still runs;
+* that no plugin thread is left after ``cleanup_host``
+  (``NoThreadLeftBehind``, whose check runs after every other cleanup).
+"""
+
+import collections
+from concurrent import futures as cf
+from concurrent.futures import thread as cf_thread
+import functools
+import logging
+import threading
+import time
+from unittest import mock
+
+import fixtures
+import futurist
+from futurist import rejection
+from nova.compute import manager as compute_manager
+from nova.compute import power_state
+from nova.compute import vm_states
+from nova import context as nova_context
+from nova import exception
+from nova import objects
+from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.virt import fake
+from oslo_db import exception as db_exc
+import oslo_messaging
+
+from nova_lifecycle import concurrency
+from nova_lifecycle import delayed
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.tests.unit import test_pipeline
+from nova_lifecycle.tests.unit import test_sync
+from nova_lifecycle.virt import driver as lc_driver
+from nova_lifecycle.virt import eventloop
+from nova_lifecycle.virt import events
+
+WAIT = 10
+UUID = test_driver.UUID
+OTHER_UUID = '99999999-8888-7777-6666-555555555555'
+
+# libvirt domain states (virDomainState).
+RUNNING = fakelibvirt.VIR_DOMAIN_RUNNING
+PAUSED = fakelibvirt.VIR_DOMAIN_PAUSED
+SHUTOFF = fakelibvirt.VIR_DOMAIN_SHUTOFF
+
+
+def libvirt_error(message, code, domain):
+    return fakelibvirt.make_libvirtError(
+        fakelibvirt.libvirtError, message, error_code=code,
+        error_domain=domain)
+
+
+def connection_reset():
+    """What a call fails with when libvirtd's socket breaks."""
+    return libvirt_error('Cannot recv data: Connection reset by peer',
+                         fakelibvirt.VIR_ERR_SYSTEM_ERROR,
+                         fakelibvirt.VIR_FROM_RPC)
+
+
+def socket_closed():
+    """What a call fails with once the client socket is closed."""
+    return libvirt_error('internal error: client socket is closed',
+                         fakelibvirt.VIR_ERR_INTERNAL_ERROR,
+                         fakelibvirt.VIR_FROM_REMOTE)
+
+
+def connection_refused():
+    """What connecting fails with while libvirtd is down."""
+    return libvirt_error(
+        "Failed to connect socket to '/var/run/libvirt/libvirt-sock': "
+        "Connection refused", fakelibvirt.VIR_ERR_SYSTEM_ERROR,
+        fakelibvirt.VIR_FROM_RPC)
+
+
+def raw(obj):
+    """The fake libvirt object behind eventlet's tpool proxy, if any."""
+    return getattr(obj, '_obj', obj)
+
+
+def domain_xml(uuid, number):
+    return test_driver.DOMAIN_XML.replace(UUID, uuid).replace(
+        'instance-00000001', 'instance-%08x' % number)
+
+
+def wait_until(predicate, timeout=WAIT):
+    """Poll ``predicate`` until it holds; its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.005)
+
+
+class Counts:
+    """A ledger's counters since this object was made."""
+
+    TOTALS = ('received', 'delivered', 'cancelled', 'failed', 'pending')
+
+    def __init__(self, ledger):
+        self.ledger = ledger
+        self.start = ledger.snapshot()
+
+    def _since(self, now):
+        delta = {key: now[key] - self.start[key] for key in self.TOTALS}
+        for key in ('cancelled_by_reason', 'failed_by_error'):
+            delta[key] = dict(collections.Counter(now[key]) -
+                              collections.Counter(self.start[key]))
+        return delta
+
+    def now(self):
+        return self._since(self.ledger.snapshot())
+
+    def wait(self, predicate):
+        """Wait until ``predicate(delta)`` holds; the delta, or raise."""
+        if not self.ledger.wait_until(lambda s: predicate(self._since(s)),
+                                      WAIT):
+            raise AssertionError('ledger never got there: %s'
+                                 % self.ledger.snapshot())
+        return self.now()
+
+    def wait_ended(self, received):
+        """Wait until ``received`` more events came in and none is pending.
+
+        :returns: the counters since this object was made.
+        """
+        def ended(snapshot):
+            delta = self._since(snapshot)
+            return (delta['received'] >= received and
+                    snapshot['pending'] == 0)
+
+        if not self.ledger.wait_until(ended, WAIT):
+            raise AssertionError('events still pending: %s'
+                                 % self.ledger.snapshot())
+        delta = self.now()
+        assert delta['received'] == received, delta
+        return delta
+
+
+class SlowListener(test_driver.Listener):
+    """The compute manager's place, taking ``seconds`` per event."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, event):
+        time.sleep(self.seconds)
+        super().__call__(event)
+
+    def libvirt_events(self, uuid):
+        with self.cond:
+            return [e.libvirt_event for e in self.events if e.uuid == uuid]
+
+
+class FaultTestCase(test_driver.DriverTestCase):
+    """The plugin driver on Nova's fake libvirt with one dispatch worker."""
+
+    REQUIRES_LOCKING = True
+
+    def setUp(self):
+        super().setUp()
+        self.flags(stopped_event_delay=60, stopped_event_grace=0.05,
+                   dispatch_workers=1, group='lifecycle')
+        self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
+                                                       False)
+        self.ledger = self.driver._pipeline.ledger
+        # Runs after cleanup_host (cleanups run last-in, first-out).
+        self.addCleanup(self.assert_all_ended)
+
+    @property
+    def log(self):
+        return self.stdlog.logger.output
+
+    def assert_all_ended(self):
+        stats = self.ledger.snapshot()
+        self.assertTrue(self.ledger.balanced(), stats)
+        self.assertEqual(0, stats['pending'], stats)
+
+    def set_state(self, state, dom=None):
+        raw(dom or self.dom)._state = state
+
+    def emit(self, event_type, detail, dom=None):
+        """libvirt calls the lifecycle callback (on a native thread)."""
+        self.conn._emit_lifecycle(dom or self.dom, event_type, detail)
+
+    def guest_shuts_down(self):
+        """The guest powers itself off: SHUTDOWN then STOPPED (1 event)."""
+        self.set_state(SHUTOFF)
+        self.emit(events.SHUTDOWN, events.SHUTDOWN_GUEST)
+        self.emit(events.STOPPED, events.STOPPED_SHUTDOWN)
+
+    def assert_path_alive(self):
+        """The next event is delivered; libvirt's loop thread runs."""
+        counts = Counts(self.ledger)
+        self.set_state(PAUSED)
+        self.emit(events.SUSPENDED, 0)
+        delta = counts.wait_ended(1)
+        self.assertEqual(1, delta['delivered'], delta)
+        threads = concurrency.plugin_threads()
+        self.assertIn(eventloop.THREAD_NAME, threads)
+        if concurrency.threading_mode():
+            # The one dispatch worker (green workers carry no name).
+            self.assertIn('lifecycle-dispatch_0', threads)
+
+    def libvirtd_restarts(self, refusals=0):
+        """Reconnects find libvirtd, with its domains, after ``refusals``.
+
+        :returns: the mock of the host's ``_connect``.
+        """
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.driver.RECONNECT_FIRST_WAIT', 0.01))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.driver.RECONNECT_MAX_WAIT', 0.02))
+        left = [connection_refused() for _ in range(refusals)]
+
+        def connect(uri, read_only):
+            if left:
+                raise left.pop(0)
+            return self.conn
+
+        return self.useFixture(fixtures.MockPatchObject(
+            self.driver._host, '_connect', side_effect=connect)).mock
+
+    def stop_and_check_threads(self):
+        self.driver.cleanup_host('compute1')
+        self.assertEqual([], self.driver.lifecycle_threads_alive())
+        self.assert_all_ended()
+
+
+class ManagerFaultTestCase(FaultTestCase):
+    """Nova's real ComputeManager listens; its object layer is mocked.
+
+    ``Instance.get_by_uuid`` and ``Instance.save`` stand for the database
+    behind the conductor; faults are raised from there, and from the
+    compute API's ``stop``, so they travel through Nova's own
+    ``handle_events`` / ``handle_lifecycle_event`` /
+    ``_sync_instance_power_state`` as they would in nova-compute.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.compute = compute_manager.ComputeManager()
+        self.compute.driver = self.driver
+        self.driver.register_event_listener(self.compute.handle_events)
+        self.instance = objects.Instance(
+            id=1, uuid=UUID, vm_state=vm_states.ACTIVE,
+            power_state=power_state.RUNNING, task_state=None,
+            host=self.compute.host, shutdown_terminate=False)
+        # Faults the next reads of an instance raise, in order.
+        self.read_faults = []
+        self.get_by_uuid = self.useFixture(fixtures.MockPatchObject(
+            objects.Instance, 'get_by_uuid',
+            side_effect=self._get_by_uuid)).mock
+        self.save = self.useFixture(fixtures.MockPatchObject(
+            objects.Instance, 'save')).mock
+        self.useFixture(fixtures.MockPatchObject(objects.Instance,
+                                                 'refresh'))
+        self.stop = self.useFixture(fixtures.MockPatchObject(
+            self.compute.compute_api, 'stop')).mock
+        self.manager_log = self.useFixture(fixtures.FakeLogger(
+            name='nova.compute.manager', level=logging.DEBUG,
+            nuke_handlers=False))
+        self.conn = self.start_events()
+        self.dom = self.conn.defineXML(test_driver.DOMAIN_XML)
+        counts = Counts(self.ledger)
+        self.dom.create()
+        self.assertEqual(1, counts.wait_ended(1)['delivered'])
+
+    def _get_by_uuid(self, context, uuid, expected_attrs=None,
+                     use_slave=False):
+        if self.read_faults:
+            raise self.read_faults.pop(0)
+        if uuid != UUID:
+            raise exception.InstanceNotFound(instance_id=uuid)
+        return self.instance
+
+    def pause(self):
+        """The guest is paused (1 event, delivered straight away)."""
+        self.set_state(PAUSED)
+        self.emit(events.SUSPENDED, 0)
+
+    def assert_failed_with(self, delta, error_name):
+        self.assertEqual({error_name: 1}, delta['failed_by_error'], delta)
+        self.assertEqual(0, delta['delivered'], delta)
+        self.assertIn('for instance %s failed' % UUID, self.log)
+        self.assertIn(error_name, self.log)
+
+
+class HandlerFaultTest(ManagerFaultTestCase):
+    """The manager's handler raises: the event fails, the next one runs."""
+
+    def test_db_connection_error_reading_the_instance(self):
+        self.read_faults.append(db_exc.DBConnectionError(
+            'Lost connection to MySQL server'))
+        counts = Counts(self.ledger)
+        self.pause()
+        self.assert_failed_with(counts.wait_ended(1), 'DBConnectionError')
+        self.assert_path_alive()
+
+    def test_db_deadlock_writing_the_power_state(self):
+        self.save.side_effect = db_exc.DBDeadlock()
+        counts = Counts(self.ledger)
+        self.guest_shuts_down()
+        self.assert_failed_with(counts.wait_ended(1), 'DBDeadlock')
+        # Nova wrote the power state before it would have called stop.
+        self.save.assert_called_once_with()
+        self.stop.assert_not_called()
+        self.save.side_effect = None
+        self.assert_path_alive()
+
+    def test_conductor_timeout_reading_the_instance(self):
+        self.read_faults.append(oslo_messaging.MessagingTimeout(
+            'Timed out waiting for a reply to message ID 0123'))
+        counts = Counts(self.ledger)
+        self.pause()
+        self.assert_failed_with(counts.wait_ended(1), 'MessagingTimeout')
+        self.assert_path_alive()
+
+    def test_database_error_relayed_by_the_conductor(self):
+        # nova-compute has no database: a DB error in the conductor comes
+        # back as a RemoteError.
+        self.save.side_effect = oslo_messaging.RemoteError(
+            'DBConnectionError', 'Lost connection to MySQL server', '')
+        counts = Counts(self.ledger)
+        self.pause()
+        self.assert_failed_with(counts.wait_ended(1), 'RemoteError')
+        self.save.side_effect = None
+        self.assert_path_alive()
+
+    def test_messaging_timeout_from_the_compute_api_stop(self):
+        self.stop.side_effect = oslo_messaging.MessagingTimeout(
+            'Timed out waiting for a reply to message ID 4567')
+        counts = Counts(self.ledger)
+        self.guest_shuts_down()
+        delta = counts.wait_ended(1)
+        # Nova catches it (the next sync retries): the event was delivered.
+        self.assertEqual(1, delta['delivered'], delta)
+        self.assertEqual({}, delta['failed_by_error'])
+        self.stop.assert_called_once_with(mock.ANY, self.instance)
+        self.assertEqual(power_state.SHUTDOWN, self.instance.power_state)
+        self.assertIn('error during stop() in sync_power_state', self.log)
+        self.assertIn('Timed out waiting for a reply', self.log)
+        self.assert_path_alive()
+
+    def test_instance_not_found_and_a_domain_nova_does_not_know(self):
+        counts = Counts(self.ledger)
+        # Deleted between the event and the read.
+        self.read_faults.append(exception.InstanceNotFound(instance_id=UUID))
+        self.pause()
+        # A domain that is not a Nova instance at all.
+        stranger = self.conn.defineXML(domain_xml(OTHER_UUID, 2))
+        stranger.create()
+        delta = counts.wait_ended(2)
+        # Nova's handle_events ignores both: delivered, nothing failed.
+        self.assertEqual(2, delta['delivered'], delta)
+        self.assertEqual({}, delta['failed_by_error'])
+        for uuid in (UUID, OTHER_UUID):
+            self.assertIn('%s => ' % uuid, self.manager_log.output)
+        self.assertEqual(2, self.manager_log.output.count(
+            'arrived for non-existent instance'))
+        self.assert_path_alive()
+
+    def test_database_down_for_a_run_of_events(self):
+        self.read_faults.extend(
+            db_exc.DBConnectionError('Lost connection to MySQL server')
+            for _ in range(20))
+        counts = Counts(self.ledger)
+        for i in range(20):
+            self.set_state(PAUSED if i % 2 else RUNNING)
+            self.emit(events.SUSPENDED if i % 2 else events.RESUMED, 0)
+        delta = counts.wait_ended(20)
+        self.assertEqual({'DBConnectionError': 20}, delta['failed_by_error'])
+        self.assertEqual([], self.read_faults)
+        self.assert_path_alive()
+        self.stop_and_check_threads()
+
+
+class RecheckFaultTest(ManagerFaultTestCase):
+    """libvirt fails while a held STOPPED is read again before delivery."""
+
+    def fail_lookups(self, *errors):
+        """The next domain lookups raise ``errors``, in order."""
+        left = list(errors)
+        lookup = fakelibvirt.Connection.lookupByUUIDString
+
+        def failing_lookup(conn, uuid):
+            if left:
+                raise left.pop(0)
+            return lookup(conn, uuid)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Connection.lookupByUUIDString',
+            failing_lookup))
+        return left
+
+    def test_domain_gone_at_the_recheck(self):
+        counts = Counts(self.ledger)
+        # The guest crashed and its domain is gone (VIR_ERR_NO_DOMAIN)
+        # by the time the grace ends, as a transient domain would be.
+        self.set_state(SHUTOFF)
+        self.dom.undefine()
+        self.emit(events.STOPPED, events.STOPPED_CRASHED)
+        delta = counts.wait_ended(1)
+        self.assertEqual(1, delta['delivered'], delta)
+        self.assertNotIn('Cannot read the state', self.log)
+        # Nova finds no domain either (NOSTATE): no stop for it.
+        self.stop.assert_not_called()
+        self.assert_path_alive()
+
+    def test_connection_reset_at_the_recheck(self):
+        left = self.fail_lookups(connection_reset())
+        counts = Counts(self.ledger)
+        self.guest_shuts_down()
+        delta = counts.wait_ended(1)
+        self.assertEqual([], left)
+        # The STOPPED is not dropped: delivered, with a warning.
+        self.assertEqual(1, delta['delivered'], delta)
+        self.assertIn('Cannot read the state of instance %s before '
+                      'delivering its STOPPED event; delivering it: '
+                      'Cannot recv data' % UUID, self.log)
+        self.stop.assert_called_once_with(mock.ANY, self.instance)
+        self.assert_path_alive()
+
+    def test_socket_closed_for_the_recheck_and_for_nova(self):
+        left = self.fail_lookups(socket_closed(), socket_closed())
+        counts = Counts(self.ledger)
+        self.guest_shuts_down()
+        delta = counts.wait_ended(1)
+        self.assertEqual([], left)
+        # Nova's own read of the domain fails too: counted as failed with
+        # Nova's error; the resync after reconnecting reconciles it.
+        self.assertEqual({'InternalError': 1}, delta['failed_by_error'])
+        self.assertIn('client socket is closed', self.log)
+        self.stop.assert_not_called()
+        self.assert_path_alive()
+
+    def test_no_connection_at_the_recheck(self):
+        get_connection = self.driver._host.get_connection
+        calls = []
+
+        def unavailable_once():
+            calls.append(threading.current_thread().name)
+            if len(calls) == 1:
+                raise exception.HypervisorUnavailable()
+            return get_connection()
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver._host, 'get_connection',
+            side_effect=unavailable_once))
+        counts = Counts(self.ledger)
+        self.guest_shuts_down()
+        delta = counts.wait_ended(1)
+        self.assertEqual(1, delta['delivered'], delta)
+        self.assertIn('delivering it: Connection to the hypervisor is '
+                      'broken', self.log)
+        self.stop.assert_called_once_with(mock.ANY, self.instance)
+        self.assert_path_alive()
+
+
+class BulkSyncFaultTest(ManagerFaultTestCase):
+    """getAllDomainStats fails during the periodic sync or the resync."""
+
+    def setUp(self):
+        self.spawns = self.useFixture(test_sync.DeferredSpawn())
+        super().setUp()
+        self.bulk_faults = []
+        self.bulk_calls = 0
+
+        def get_all_domain_stats(conn, stats, flags=0):
+            self.bulk_calls += 1
+            if self.bulk_faults:
+                raise self.bulk_faults.pop(0)
+            return test_sync._fake_get_all_domain_stats(conn, stats, flags)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Connection.getAllDomainStats',
+            get_all_domain_stats))
+        self.useFixture(fixtures.MockPatch(
+            'nova.objects.InstanceList.get_by_host',
+            side_effect=lambda *args, **kwargs: [self.instance]))
+        self.context = nova_context.get_admin_context()
+
+    def test_periodic_sync_while_libvirt_is_unreachable(self):
+        self.bulk_faults.append(connection_reset())
+        before = self.driver.recent_power_states()
+        # As upstream's per-domain listing would, the error ends this run
+        # of the periodic task (Nova's periodic task runner logs it).
+        self.assertRaises(fakelibvirt.libvirtError,
+                          self.compute._sync_power_states, self.context)
+        self.assertEqual([], self.spawns.spawned)
+        self.assertIs(before, self.driver.recent_power_states())
+        self.save.assert_not_called()
+        # Events keep flowing meanwhile.
+        self.assert_path_alive()
+        # The next run reads libvirt again and syncs every instance.
+        self.set_state(RUNNING)
+        self.instance.power_state = power_state.RUNNING
+        self.compute._sync_power_states(self.context)
+        self.assertEqual(1, self.spawns.run_all())
+        self.assertEqual(2, self.bulk_calls)
+        self.assertEqual(power_state.RUNNING,
+                         self.driver.recent_power_states().power_state(UUID))
+
+    def test_resync_after_a_reconnect_survives_a_failing_bulk_query(self):
+        resyncer = self.driver._resyncer
+        host = self.driver._host
+        self.libvirtd_restarts()
+        self.bulk_faults.append(connection_reset())
+        host._close_callback(host._wrapped_conn, 'Connection reset', None)
+        self.assertTrue(wait_until(
+            lambda: resyncer.runs == 1 and not resyncer.is_running()))
+        self.assertIn('lifecycle-resync failed', self.log)
+        self.assertIn('Cannot recv data', self.log)
+        self.assertEqual([], self.spawns.spawned)
+        self.assert_path_alive()
+        # The next outage resyncs normally: the runner was not broken.
+        host._close_callback(host._wrapped_conn, 'Connection reset', None)
+        self.assertTrue(wait_until(
+            lambda: resyncer.runs == 2 and not resyncer.is_running()))
+        self.assertEqual(1, self.spawns.run_all())
+        self.assertEqual(2, self.bulk_calls)
+        self.stop_and_check_threads()
+
+
+class ScriptedLibvirtLoop(fixtures.Fixture):
+    """The plugin's own libvirt loop thread plays a script.
+
+    Nova's fake ``virEventRunDefaultImpl`` only sleeps. Here each iteration
+    of the plugin's loop thread runs up to ``BATCH`` queued steps, the
+    callbacks libvirtd would make, on that thread, as libvirt does. ``ran``
+    counts the steps run; an exception a step lets escape (into libvirt's
+    loop) is kept in ``escaped``.
+    """
+
+    BATCH = 10
+
+    def _setUp(self):
+        self._steps = concurrency.native_queue().Queue()
+        self._lock = concurrency.native_threading().Lock()
+        self.ran = 0
+        self.escaped = []
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.virEventRunDefaultImpl',
+            self._iteration))
+
+    def add(self, step):
+        self._steps.put(step)
+
+    def _iteration(self):
+        empty = concurrency.native_queue().Empty
+        for n in range(self.BATCH):
+            try:
+                step = (self._steps.get(timeout=0.005) if n == 0
+                        else self._steps.get_nowait())
+            except empty:
+                return
+            try:
+                step()
+            except Exception as exc:
+                self.escaped.append(exc)
+            with self._lock:
+                self.ran += 1
+
+    def wait_ran(self, count):
+        return wait_until(lambda: self.ran >= count)
+
+
+class BurstFaultTest(FaultTestCase):
+    """Faults while libvirt's loop delivers a burst of events."""
+
+    INSTANCES = 10
+
+    def setUp(self):
+        self.loop = self.useFixture(ScriptedLibvirtLoop())
+        super().setUp()
+        self.listener = SlowListener(0.002)
+        self.driver.register_event_listener(self.listener)
+        self.conn = self.start_events()
+        self.uuids = ['%08d-0000-0000-0000-00000000000%d' % (i, i % 10)
+                      for i in range(self.INSTANCES)]
+        self.doms = {}
+        counts = Counts(self.ledger)
+        for i, uuid in enumerate(self.uuids):
+            self.doms[uuid] = self.conn.defineXML(domain_xml(uuid, i + 2))
+            self.doms[uuid].create()
+        counts.wait_ended(self.INSTANCES)
+        self.listener.events.clear()
+
+    def emit_step(self, conn, uuid, event_type, detail=0):
+        return functools.partial(raw(conn)._emit_lifecycle,
+                                 raw(self.doms[uuid]), event_type, detail)
+
+    def test_connection_closes_mid_burst_and_libvirtd_restarts(self):
+        host = self.driver._host
+        resynced = threading.Event()
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver._hooks, 'resync', side_effect=resynced.set))
+        # libvirtd refuses connections three times while it restarts.
+        connect = self.libvirtd_restarts(refusals=3)
+        sent = collections.defaultdict(list)
+
+        def burst(count):
+            for i in range(count):
+                uuid = self.uuids[i % self.INSTANCES]
+                kind = (events.SUSPENDED if len(sent[uuid]) % 2 == 0
+                        else events.RESUMED)
+                sent[uuid].append(kind)
+                self.loop.add(self.emit_step(self.conn, uuid, kind))
+
+        counts = Counts(self.ledger)
+        burst(100)
+        old_conn = host._wrapped_conn
+        self.loop.add(functools.partial(
+            host._close_callback, old_conn,
+            'End of file while reading data: Input/output error', None))
+        self.assertTrue(resynced.wait(WAIT))
+        self.assertEqual(4, connect.call_count)
+        self.assertEqual(3, self.log.count('Reconnecting to libvirt failed'))
+        burst(100)
+        delta = counts.wait_ended(200)
+        self.assertEqual(200, delta['delivered'], delta)
+        self.assertEqual([], self.loop.escaped)
+        for uuid in self.uuids:
+            self.assertEqual(sent[uuid], self.listener.libvirt_events(uuid))
+        # Initial connection, lost, back.
+        self.assertEqual([True, False, True],
+                         [c.args[-2]
+                          for c in self.set_host_enabled.call_args_list])
+        self.assertTrue(wait_until(
+            lambda: not self.driver._reconnector.is_running() and
+            not self.driver._resyncer.is_running()))
+        self.assertIn(eventloop.THREAD_NAME, concurrency.plugin_threads())
+        self.stop_and_check_threads()
+
+    def test_shutdown_in_the_middle_of_a_burst(self):
+        # Every STOPPED stays held until a later event or the shutdown
+        # (the test takes a second or two).
+        self.flags(stopped_event_grace=15, group='lifecycle')
+        kinds = [events.SUSPENDED, events.RESUMED, events.STOPPED,
+                 events.STARTED, events.STOPPED]
+        script = [(self.uuids[i % self.INSTANCES],
+                   kinds[(i // self.INSTANCES) % len(kinds)])
+                  for i in range(1000)]
+        loop = self.driver._host._event_loop
+        gate_ran = []
+
+        def until_stop_requested():
+            # Keeps libvirt mid-burst until the service stops; the stop
+            # takes effect at the end of the loop's iteration.
+            gate_ran.append(True)
+            if not wait_until(lambda: loop._stopping):
+                raise AssertionError('cleanup_host never stopped the loop')
+
+        counts = Counts(self.ledger)
+        for n, (uuid, kind) in enumerate(script):
+            if n == 437:
+                self.loop.add(until_stop_requested)
+            self.loop.add(self.emit_step(self.conn, uuid, kind))
+        self.assertTrue(self.loop.wait_ran(300))
+        self.assertGreater(self.ledger.snapshot()['pending'], 0)
+        self.driver.cleanup_host('compute1')
+        self.assertEqual([], self.driver.lifecycle_threads_alive())
+        self.assertEqual([], self.loop.escaped)
+        emitted = script[:self.loop.ran - len(gate_ran)]
+        self.assertLess(len(emitted), len(script))
+        delta = counts.wait_ended(len(emitted))
+        self.assertEqual({}, delta['failed_by_error'])
+        kinds_of = collections.defaultdict(list)
+        for uuid, kind in emitted:
+            kinds_of[uuid].append(kind)
+        # A STOPPED with a later event of its instance was superseded; one
+        # that was the last was still held, and the shutdown cancelled it
+        # with a log line; every other event was delivered.
+        held = [u for u, kinds in kinds_of.items()
+                if kinds[-1] == events.STOPPED]
+        superseded = sum(kinds[:-1].count(events.STOPPED)
+                         for kinds in kinds_of.values())
+        reasons = dict(delta['cancelled_by_reason'])
+        self.assertEqual(len(held), reasons.pop('shutdown', 0), delta)
+        self.assertEqual(superseded, sum(reasons.values()), delta)
+        self.assertTrue(all(reason.startswith('superseded by ')
+                            for reason in reasons), reasons)
+        self.assertEqual(len(emitted) - len(held) - superseded,
+                         delta['delivered'])
+        for uuid in held:
+            self.assertIn('Pending STOPPED event for instance %s dropped by '
+                          'shutdown' % uuid, self.log)
+        for uuid in self.uuids:
+            self.assertEqual(
+                [k for u, k in emitted if u == uuid and k != events.STOPPED],
+                self.listener.libvirt_events(uuid))
+
+    def test_failing_loop_iterations_do_not_stop_the_loop(self):
+        loop = self.driver._host._event_loop
+        failures = [3]
+        iteration = self.loop._iteration
+
+        def failing_then_working():
+            # virEventRunDefaultImpl itself fails, not a callback.
+            if failures[0]:
+                failures[0] -= 1
+                raise libvirt_error('internal error: poll failed',
+                                    fakelibvirt.VIR_ERR_INTERNAL_ERROR, 0)
+            iteration()
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.virEventRunDefaultImpl',
+            failing_then_working))
+        self.assertTrue(wait_until(lambda: loop.failures == 3))
+        self.assertIn('poll failed', str(loop.last_error))
+        counts = Counts(self.ledger)
+        self.loop.add(self.emit_step(self.conn, self.uuids[0],
+                                     events.SUSPENDED))
+        self.assertEqual(1, counts.wait_ended(1)['delivered'])
+        self.assertTrue(loop.is_alive())
+        self.stop_and_check_threads()
+
+
+class ExecutorFaultTest(test_pipeline.PipelineTestCase):
+    """The dispatch executor refuses, rejects, breaks or is saturated."""
+
+    UUID_C = 'cccccccc-0000-0000-0000-000000000003'
+
+    def swap_executor(self, p, executor):
+        """Run the pipeline's dispatch on ``executor`` from now on."""
+        p._executor.shutdown(wait=True)
+        p._executor = executor
+        p._dispatcher._executor = executor
+
+    def wait_running(self, p, queued=0):
+        """Wait until only ``queued`` items wait for a worker."""
+        self.assertTrue(wait_until(
+            lambda: p.stats()['dispatch_queue'] == queued), p.stats())
+
+    def test_executor_shut_down_under_the_pipeline(self):
+        p = self.make(workers=2)
+        p._executor.shutdown(wait=True)
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.PAUSED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
+                                              test_pipeline.STOPPED))
+        self.assertTrue(p.ledger.wait_received(2, WAIT))
+        # The held STOPPED reaches the executor once its delay is over.
+        self.assertTrue(p.expedite(test_pipeline.UUID_B, 0))
+        stats = self.wait_ended(p, 2)
+        self.assertEqual({'RuntimeError': 2}, stats['failed_by_error'])
+        self.assertIn('executor refused work', self.logs.output)
+        p.stop()
+        self.assertEqual([], concurrency.plugin_threads())
+
+    def test_rejecting_executor_fails_only_what_it_rejects(self):
+        p = self.make(workers=1)
+        pool = (futurist.ThreadPoolExecutor if concurrency.threading_mode()
+                else futurist.GreenThreadPoolExecutor)
+        self.swap_executor(p, pool(
+            max_workers=1,
+            check_and_reject=rejection.reject_when_reached(1)))
+        self.recorder.gate.clear()
+        lifecycle = test_pipeline.lifecycle
+        a, b, c = test_pipeline.UUID_A, test_pipeline.UUID_B, self.UUID_C
+        p.queue_event(lifecycle(a, test_pipeline.PAUSED))
+        self.assertTrue(p.ledger.wait_received(1, WAIT))
+        self.wait_running(p)
+        # Behind A's running event, in A's own queue.
+        p.queue_event(lifecycle(a, test_pipeline.RESUMED))
+        p.queue_event(lifecycle(a, test_pipeline.PAUSED))
+        # B waits in the executor's backlog; C finds it full.
+        p.queue_event(lifecycle(b, test_pipeline.PAUSED))
+        p.queue_event(lifecycle(c, test_pipeline.PAUSED))
+        self.assertTrue(p.ledger.wait_until(lambda s: s['failed'] == 1,
+                                            WAIT))
+        self.recorder.gate.set()
+        # A's next turn is refused too (B is still in the backlog): A's
+        # queued events fail with the rejection instead of waiting forever.
+        stats = self.wait_ended(p, 5)
+        self.assertEqual({'RejectedSubmission': 3}, stats['failed_by_error'])
+        self.assertEqual(2, stats['delivered'])
+        self.assertEqual([test_pipeline.PAUSED],
+                         self.recorder.transitions(a))
+        self.assertEqual([test_pipeline.PAUSED],
+                         self.recorder.transitions(b))
+        # Every instance recovers once the backlog is gone.
+        for n, uuid in enumerate((a, c)):
+            p.queue_event(lifecycle(uuid, test_pipeline.STARTED))
+            stats = self.wait_ended(p, 6 + n)
+        self.assertEqual(4, stats['delivered'])
+        self.assertEqual(3, stats['failed'])
+        self.assertEqual([test_pipeline.STARTED],
+                         self.recorder.transitions(c))
+
+    def test_broken_pool_fails_queued_events_instead_of_hanging(self):
+        def broken():
+            raise RuntimeError('cannot start a worker')
+
+        p = self.make(workers=1)
+        self.swap_executor(p, cf.ThreadPoolExecutor(
+            1, initializer=broken, thread_name_prefix='lifecycle-test-pool'))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.PAUSED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.RESUMED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
+                                              test_pipeline.PAUSED))
+        stats = self.wait_ended(p, 3)
+        self.assertEqual({'BrokenThreadPool': 3}, stats['failed_by_error'])
+        self.assertEqual([], self.recorder.transitions())
+        self.assertEqual(0, p._dispatcher.busy_keys())
+        p.stop()
+        self.assertEqual([], concurrency.plugin_threads())
+
+    def test_executor_cancelling_its_queue_cancels_the_events(self):
+        p = self.make(workers=1)
+        pool = cf.ThreadPoolExecutor(1,
+                                     thread_name_prefix='lifecycle-test-pool')
+        self.swap_executor(p, pool)
+        self.recorder.gate.clear()
+        for uuid in (test_pipeline.UUID_A, test_pipeline.UUID_B,
+                     self.UUID_C):
+            p.queue_event(test_pipeline.lifecycle(uuid,
+                                                  test_pipeline.PAUSED))
+        self.assertTrue(p.ledger.wait_received(3, WAIT))
+        self.wait_running(p, queued=2)
+        pool.shutdown(wait=False, cancel_futures=True)
+        self.recorder.gate.set()
+        stats = self.wait_ended(p, 3)
+        self.assertEqual(1, stats['delivered'])
+        self.assertEqual({'shutdown': 2}, stats['cancelled_by_reason'])
+
+    def test_saturated_executor_never_blocks_the_caller(self):
+        p = self.make(workers=2)
+        self.recorder.gate.clear()
+        uuids = ['%08d-0000-0000-0000-000000000000' % i for i in range(50)]
+        sent = collections.defaultdict(list)
+        for i in range(200):
+            uuid = uuids[i % len(uuids)]
+            sent[uuid].append(test_pipeline.PAUSED if i % 100 < 50
+                              else test_pipeline.RESUMED)
+
+        def libvirt_loop():
+            for i in range(200):
+                uuid = uuids[i % len(uuids)]
+                p.queue_event(test_pipeline.lifecycle(
+                    uuid, sent[uuid][i // len(uuids)]))
+
+        loop = concurrency.native_threading().Thread(
+            target=libvirt_loop, name='fake-libvirt-loop')
+        loop.start()
+        loop.join(WAIT)
+        # Every call returned while both workers were blocked.
+        self.assertFalse(loop.is_alive())
+        self.assertTrue(p.ledger.wait_received(200, WAIT))
+        self.wait_running(p, queued=198)
+        stats = p.stats()
+        self.assertEqual(200, stats['pending'])
+        self.assertTrue(p.ledger.balanced(), stats)
+        self.recorder.gate.set()
+        self.assertEqual(200, self.wait_ended(p, 200)['delivered'])
+        for uuid in uuids:
+            self.assertEqual(sent[uuid], self.recorder.transitions(uuid))
+
+    def test_unexpected_error_inside_the_dispatch_worker(self):
+        p = self.make(workers=1)
+        next_item = p._dispatcher._next_item
+        broken = [RuntimeError('bug in the drain task')]
+
+        def next_item_once_broken(key, queue):
+            if broken:
+                raise broken.pop()
+            return next_item(key, queue)
+
+        self.useFixture(fixtures.MockPatchObject(
+            p._dispatcher, '_next_item', side_effect=next_item_once_broken))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.PAUSED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.RESUMED))
+        stats = self.wait_ended(p, 2)
+        self.assertEqual(2, stats['delivered'])
+        self.assertEqual([test_pipeline.PAUSED, test_pipeline.RESUMED],
+                         self.recorder.transitions())
+        self.assertIn('unexpected error dispatching work', self.logs.output)
+
+    def test_handler_raising_a_base_exception(self):
+        class Interrupted(BaseException):
+            """Not an Exception, as GreenletExit."""
+
+        p = self.make(workers=1)
+        deliver = p._deliver
+
+        def interrupted_once(event):
+            if event.transition == test_pipeline.PAUSED:
+                raise Interrupted()
+            return deliver(event)
+
+        p._deliver = interrupted_once
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.PAUSED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                              test_pipeline.RESUMED))
+        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
+                                              test_pipeline.STARTED))
+        stats = self.wait_ended(p, 3)
+        self.assertEqual({'Interrupted': 1}, stats['failed_by_error'])
+        self.assertEqual(2, stats['delivered'])
+
+
+class DelayedExecutorFaultTest(base.TestCase):
+    """A held task's real executor cancels or breaks: its Future ends."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(lc_fixtures.NoThreadLeftBehind())
+
+    def make(self, pool):
+        d = delayed.DelayedExecutor(pool, 0.0, name='lifecycle-test-delayed')
+        self.addCleanup(d.shutdown)
+        self.addCleanup(pool.shutdown, wait=True)
+        return d
+
+    def hand_over_behind_a_blocker(self, d):
+        """A task queued in the executor behind a running one.
+
+        :returns: (the queued task's Future, the gate the running one
+            waits on, the running one's Future)
+        """
+        started, gate = threading.Event(), threading.Event()
+
+        def blocker():
+            started.set()
+            return gate.wait(WAIT)
+
+        first = d.submit(blocker)
+        self.assertTrue(started.wait(WAIT))
+        second = d.submit(lambda: 'never runs')
+        self.assertTrue(wait_until(lambda: d.pending_count() == 0))
+        return second, gate, first
+
+    def test_task_the_executor_cancels_ends_cancelled(self):
+        pool = cf.ThreadPoolExecutor(1,
+                                     thread_name_prefix='lifecycle-test-pool')
+        d = self.make(pool)
+        second, gate, first = self.hand_over_behind_a_blocker(d)
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        self.assertTrue(first.result(WAIT))
+        done, _ = cf.wait([second], WAIT)
+        self.assertEqual({second}, done)
+        self.assertTrue(second.cancelled())
+
+    def test_cancel_after_the_hand_over_wakes_waiters(self):
+        pool = cf.ThreadPoolExecutor(1,
+                                     thread_name_prefix='lifecycle-test-pool')
+        d = self.make(pool)
+        second, gate, first = self.hand_over_behind_a_blocker(d)
+        # Cancelled by its owner while queued in the executor, which then
+        # drops it: concurrent.futures.wait() must still see it done.
+        self.assertTrue(second.cancel())
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        done, _ = cf.wait([second], WAIT)
+        self.assertEqual({second}, done)
+        self.assertTrue(first.result(WAIT))
+
+    def test_task_a_broken_pool_drops_ends_with_its_error(self):
+        def broken():
+            raise RuntimeError('cannot start a worker')
+
+        d = self.make(cf.ThreadPoolExecutor(
+            1, initializer=broken, thread_name_prefix='lifecycle-test-pool'))
+        future = d.submit(lambda: 'never runs')
+        self.assertIsInstance(future.exception(WAIT),
+                              cf_thread.BrokenThreadPool)
+        self.assertIsInstance(d.submit(lambda: 1).exception(WAIT),
+                              cf_thread.BrokenThreadPool)
+        self.assertTrue(d.is_alive())
