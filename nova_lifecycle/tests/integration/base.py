@@ -9,18 +9,28 @@ Needs, on the machine running the tests:
 Without them every test is skipped with the reason, unless
 ``NOVA_LIFECYCLE_REQUIRE_LIBVIRT=1`` is set (CI): then every test fails with
 it. With ``NOVA_LIFECYCLE_EVENT_LOG=<file>`` each test appends the libvirt
-events it saw, with the host's actions and boot times, to that file.
+events it saw, with the host's actions and boot times, and the figures it
+measured (:func:`note`), to that file.
 
 libvirt's default event loop runs on a named native thread
 (``lifecycle-test-libvirt-loop``), in both of Nova's concurrency modes; it
 is stopped, and the test's domains destroyed, in cleanup. The callbacks
 only record into a list under a native lock; the test polls that list with
 bounded waits.
+
+Every test holds the libvirtd lock (:class:`DaemonLock`) shared; a test
+that kills libvirtd holds it exclusively, so that no other test of the
+suite (another stestr worker) uses the daemon meanwhile.
 """
 
+import errno
+import fcntl
 import hashlib
 import os
+import signal
 import string
+import subprocess
+import tempfile
 import time
 import uuid
 
@@ -43,11 +53,21 @@ GUEST_DIR = os.environ.get('NOVA_LIFECYCLE_GUEST_DIR',
 REQUIRE_ENV = 'NOVA_LIFECYCLE_REQUIRE_LIBVIRT'
 EVENT_LOG_ENV = 'NOVA_LIFECYCLE_EVENT_LOG'
 
+LOCK_ENV = 'NOVA_LIFECYCLE_LIBVIRTD_LOCK'
+LIBVIRTD_LOCK = os.environ.get(
+    LOCK_ENV, os.path.join(tempfile.gettempdir(),
+                           'nova-lifecycle-libvirtd.lock'))
+
 _TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       os.pardir, os.pardir, os.pardir, 'tools')
 BUILD_SCRIPT = os.path.normpath(os.path.join(_TOOLS, 'build-test-guest.sh'))
+SETUP_SCRIPT = os.path.normpath(os.path.join(_TOOLS, 'libvirt-setup.sh'))
 DOMAIN_TEMPLATE = os.path.normpath(
     os.path.join(_TOOLS, 'guest-domain.xml.template'))
+# What tools/libvirt-setup.sh records about the daemons it started.
+SETUP_STATE = '/var/run/libvirt/nova-lifecycle-started'
+# Where libvirtd keeps one log per QEMU domain, transient ones included.
+QEMU_LOG_DIR = '/var/log/libvirt/qemu'
 
 # What the guest's /init prints on the serial console.
 READY = 'nova-lifecycle-guest: ready'
@@ -61,6 +81,23 @@ TEST_TIMEOUT = 150
 BOOT_WAIT = 60
 # Seconds any other awaited event may take.
 WAIT = 30
+# Seconds a test may wait for the libvirtd lock: the longest other test.
+LOCK_WAIT = 120
+# Seconds tools/libvirt-setup.sh may take to start libvirtd again.
+RESTART_WAIT = 60
+
+# A domain that never runs a guest: started paused (VIR_DOMAIN_START_PAUSED)
+# it costs one idle QEMU process, for tests that need many domains or only
+# their events.
+MINIMAL_DOMAIN = """<domain type='qemu'>
+  <name>%(name)s</name>
+  <uuid>%(uuid)s</uuid>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <devices><memballoon model='none'/></devices>
+</domain>"""
 
 LOOP_THREAD = concurrency.THREAD_PREFIX + 'test-libvirt-loop'
 
@@ -114,6 +151,21 @@ def _guest_problem():
     return None
 
 
+def domain_xml(template, name, domain_uuid, cmdline, console,
+               on_crash='destroy'):
+    """The test guest's domain XML from the template, for one domain."""
+    return template.substitute(
+        name=name, uuid=domain_uuid,
+        kernel=os.path.join(GUEST_DIR, 'vmlinuz'),
+        initrd=os.path.join(GUEST_DIR, 'initrd.img'),
+        cmdline=cmdline, console_log=console, on_crash=on_crash)
+
+
+def load_template():
+    with open(DOMAIN_TEMPLATE) as f:
+        return string.Template(f.read())
+
+
 def _quiet_error_handler(ctx, error):
     """libvirt-python prints every error to stderr by default."""
 
@@ -135,6 +187,132 @@ def _libvirt_problem():
     finally:
         conn.close()
     return None
+
+
+def hypervisor_problem():
+    """Why these tests cannot run on this machine, or None."""
+    return _libvirt_problem() or _guest_problem()
+
+
+def skip_or_fail(test, problem):
+    """Skip ``test`` for ``problem``; fail it instead where CI asks to."""
+    if os.environ.get(REQUIRE_ENV) == '1':
+        test.fail('%s (%s=1 makes this a failure)' % (problem, REQUIRE_ENV))
+    test.skipTest(problem)
+
+
+def _lock_within(f, operation, deadline, what):
+    while True:
+        try:
+            fcntl.flock(f, operation | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise AssertionError('%s not acquired within %ss'
+                                 % (what, LOCK_WAIT))
+        time.sleep(0.1)
+
+
+class DaemonLock(fixtures.Fixture):
+    """libvirtd for this test: shared, or exclusive to kill the daemon.
+
+    Two flock(2) files: the gate is held only while acquiring (and by an
+    exclusive request for as long as it waits), so that shared holders
+    that come and go between tests cannot starve an exclusive request.
+    The wait is bounded by :data:`LOCK_WAIT`.
+    """
+
+    def __init__(self, exclusive=False, path=LIBVIRTD_LOCK):
+        super().__init__()
+        self.exclusive = exclusive
+        self.path = path
+
+    def _setUp(self):
+        deadline = time.monotonic() + LOCK_WAIT
+        gate = open(self.path + '.gate', 'a')
+        self.addCleanup(gate.close)
+        lock = open(self.path, 'a')
+        self.addCleanup(lock.close)
+        _lock_within(gate, fcntl.LOCK_EX, deadline, self.path + '.gate')
+        try:
+            _lock_within(lock, fcntl.LOCK_EX if self.exclusive
+                         else fcntl.LOCK_SH, deadline, self.path)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        self.addCleanup(fcntl.flock, lock, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid):
+    """True while ``pid`` runs (a zombie counts as ended)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def libvirtd_pid():
+    """pid of the libvirtd tools/libvirt-setup.sh started, or None."""
+    try:
+        with open(SETUP_STATE) as f:
+            recorded = [line.split() for line in f]
+    except FileNotFoundError:
+        return None
+    pids = [int(words[1]) for words in recorded
+            if len(words) == 2 and words[0] == 'libvirtd']
+    if not pids:
+        return None
+    pid = pids[-1]
+    try:
+        with open('/proc/%d/comm' % pid) as f:
+            if f.read().strip() != 'libvirtd':
+                return None
+    except FileNotFoundError:
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def kill_libvirtd(pid, timeout=WAIT):
+    """SIGKILL libvirtd and wait until it is gone (QEMU survives it)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            raise AssertionError('libvirtd (pid %d) still alive %ss after '
+                                 'SIGKILL' % (pid, timeout))
+        time.sleep(0.05)
+
+
+def start_libvirtd():
+    """Start libvirtd with the project's tooling; its output."""
+    result = subprocess.run([SETUP_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            timeout=RESTART_WAIT)
+    if result.returncode != 0:
+        raise AssertionError('%s failed (%d):\n%s'
+                             % (SETUP_SCRIPT, result.returncode,
+                                result.stdout))
+    return result.stdout
+
+
+def remove_qemu_log(name):
+    """Remove the QEMU log libvirtd kept for a test's transient domain."""
+    try:
+        os.unlink(os.path.join(QEMU_LOG_DIR, name + '.log'))
+    except FileNotFoundError:
+        pass
+
+
+def proc_status(field):
+    """An integer field of /proc/self/status (VmRSS in KiB, Threads)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            name, _, value = line.partition(':')
+            if name == field:
+                return int(value.split()[0])
+    raise KeyError(field)
 
 
 _default_impl_registered = False
@@ -322,15 +500,12 @@ class IntegrationTestCase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        problem = _libvirt_problem() or _guest_problem()
+        problem = hypervisor_problem()
         if problem:
-            if os.environ.get(REQUIRE_ENV) == '1':
-                self.fail('%s (%s=1 makes this a failure)'
-                          % (problem, REQUIRE_ENV))
-            self.skipTest(problem)
+            skip_or_fail(self, problem)
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
-        with open(DOMAIN_TEMPLATE) as f:
-            self._template = string.Template(f.read())
+        self.useFixture(DaemonLock())
+        self._template = load_template()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.loop = self.useFixture(LibvirtEventLoop())
         self.conn = libvirt.open(URI)
@@ -350,11 +525,8 @@ class IntegrationTestCase(base.TestCase):
         self.addCleanup(self._report)
 
     def domain_xml(self, name, cmdline, console, on_crash='destroy'):
-        return self._template.substitute(
-            name=name, uuid=str(uuid.uuid4()),
-            kernel=os.path.join(GUEST_DIR, 'vmlinuz'),
-            initrd=os.path.join(GUEST_DIR, 'initrd.img'),
-            cmdline=cmdline, console_log=console, on_crash=on_crash)
+        return domain_xml(self._template, name, str(uuid.uuid4()), cmdline,
+                          console, on_crash)
 
     def boot(self, cmdline, on_crash='destroy'):
         """Creates a transient domain with these lc.* words; a Guest."""
@@ -363,6 +535,7 @@ class IntegrationTestCase(base.TestCase):
         console = os.path.join(self.tmp, name + '.console')
         xml = self.domain_xml(name, cmdline, console, on_crash)
         created_at = time.monotonic()
+        self.addCleanup(remove_qemu_log, name)
         dom = self.conn.createXML(xml, 0)
         self.addCleanup(self._destroy_quietly, name)
         guest = Guest(self, dom, name, cmdline, console, self.recorder,
@@ -379,21 +552,35 @@ class IntegrationTestCase(base.TestCase):
                 raise
 
     def _report(self):
-        """The timeline of each guest: a detail, and the event log file."""
-        blocks = []
-        for guest in self.guests:
-            ready = ', '.join('%.2f' % t for t in guest.ready_times)
-            blocks.append('== %s\ndomain %s, cmdline %r\nboot-to-ready (s '
-                          'since create): %s\n%s\n'
-                          % (self.id(), guest.name, guest.cmdline,
-                             ready or '-', '\n'.join(guest.timeline())))
-        if not blocks:
-            return
-        text = '\n'.join(blocks)
-        self.addDetail('libvirt-events', content.text_content(text))
-        path = os.environ.get(EVENT_LOG_ENV)
-        if path:
-            mode = ('eventlet' if not concurrency.threading_mode()
-                    else 'threading')
-            with open(path, 'a') as f:
-                f.write('[%s mode]\n%s\n' % (mode, text))
+        report_guests(self, self.guests)
+
+
+def _append_event_log(text):
+    path = os.environ.get(EVENT_LOG_ENV)
+    if path:
+        mode = ('eventlet' if not concurrency.threading_mode()
+                else 'threading')
+        with open(path, 'a') as f:
+            f.write('[%s mode]\n%s\n' % (mode, text))
+
+
+def note(test, name, text):
+    """A figure the test measured: a detail, and a line in the event log."""
+    test.addDetail(name, content.text_content(text))
+    _append_event_log('== %s\n%s: %s\n' % (test.id(), name, text))
+
+
+def report_guests(test, guests):
+    """The timeline of each guest: a detail, and the event log file."""
+    blocks = []
+    for guest in guests:
+        ready = ', '.join('%.2f' % t for t in guest.ready_times)
+        blocks.append('== %s\ndomain %s, cmdline %r\nboot-to-ready (s '
+                      'since create): %s\n%s\n'
+                      % (test.id(), guest.name, guest.cmdline,
+                         ready or '-', '\n'.join(guest.timeline())))
+    if not blocks:
+        return
+    text = '\n'.join(blocks)
+    test.addDetail('libvirt-events', content.text_content(text))
+    _append_event_log(text)

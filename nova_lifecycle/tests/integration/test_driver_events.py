@@ -1,0 +1,306 @@
+"""The plugin's event path on a real libvirtd, from QEMU to the manager.
+
+Each test runs the plugin's driver (see :mod:`driver_base`) and compares
+what the recording manager was handed with what libvirt sent, as seen on
+the test's own connection.
+"""
+
+import collections
+import threading
+import time
+from unittest import mock
+import uuid
+
+from nova_lifecycle import concurrency
+from nova_lifecycle.tests.integration import base
+from nova_lifecycle.tests.integration import driver_base
+from nova_lifecycle.virt import events
+
+libvirt = base.libvirt
+
+# libvirt's event (as base.event_name spells it) -> Nova's event name, for
+# the events that reach the manager.
+NOVA_NAMES = {'STARTED': 'Started', 'RESUMED': 'Resumed',
+              'SUSPENDED': 'Paused', 'STOPPED': 'Stopped'}
+
+
+def nova_names(libvirt_events):
+    """The Nova events libvirt's events become, in order."""
+    return [NOVA_NAMES[name.split('_')[0]] for name in libvirt_events
+            if name.split('_')[0] in NOVA_NAMES]
+
+
+class TestHardReboot(driver_base.DriverTestCase):
+
+    def test_hard_reboot_stop_is_cancelled_not_delivered(self):
+        guest = self.start_instance('lc.acpi=honour')
+        self.assertIsNotNone(self.manager.wait_for(guest.uuid, 'Started'))
+        xml = guest.dom.XMLDesc(0)
+        # Nova's own hard reboot (destroy, undefine, define, start) under
+        # the driver's reboot operation. Only what needs an image and the
+        # database is given: the guest XML and the device metadata.
+        with mock.patch.object(self.driver, '_get_guest_xml',
+                               return_value=xml), \
+                mock.patch.object(self.driver, '_build_device_metadata',
+                                  return_value=None):
+            self.driver.reboot(self.context, guest.instance, [], 'HARD')
+        self.assertIsNotNone(self.manager.wait_for(guest.uuid, 'Started', 2))
+        stats = self.assertLedgerSettled(received=5)
+
+        # libvirt did stop the domain in between ...
+        self.assertEqual(
+            ['RESUMED_UNPAUSED', 'STARTED_BOOTED', 'SHUTDOWN_HOST',
+             'STOPPED_DESTROYED', 'RESUMED_UNPAUSED', 'STARTED_BOOTED'],
+            [e for e in guest.events()
+             if not e.startswith(('DEFINED', 'UNDEFINED'))])
+        # ... yet the manager never saw a stop: the held STOPPED was
+        # cancelled by the next event and nothing of it is left pending.
+        self.assertEqual(['Resumed', 'Started', 'Resumed', 'Started'],
+                         self.manager.names(guest.uuid))
+        self.assertEqual(5, stats['received'])
+        self.assertEqual(4, stats['delivered'])
+        self.assertEqual({'superseded by Resumed': 1},
+                         stats['cancelled_by_reason'])
+        self.assertEqual(0, stats['failed'])
+        self.assertEqual([], self.driver._pipeline.held_stops())
+        self.assertEqual('running', guest.state())
+
+
+class TestGuestPowersOff(driver_base.DriverTestCase):
+
+    stopped_event_grace = 2.0
+    # Delivery may lag the grace by this much (recheck of the domain,
+    # dispatch, a loaded 2-core machine).
+    MARGIN = 0.5
+
+    def test_stop_with_its_detail_delivered_after_the_grace(self):
+        guest = self.start_instance('lc.poweroff_after=1')
+        guest.wait_ready()
+        delivered = self.manager.wait_for(guest.uuid, 'Stopped')
+        self.assertIsNotNone(delivered, '\n'.join(guest.timeline()))
+        sent = self.libvirt_event_time(guest, 'STOPPED_SHUTDOWN')
+
+        event = delivered.event
+        self.assertEqual('STOPPED_SHUTDOWN', event.detail_name)
+        self.assertEqual(events.SHUTDOWN_GUEST, event.shutdown_detail)
+        # The plugin's callback ran when libvirt sent the event ...
+        self.assertLess(abs(event.received_at - sent), 0.05)
+        # ... and the stop nothing explained was held for the grace only,
+        # not for stopped_event_delay.
+        held = delivered.at - event.received_at
+        self.assertGreaterEqual(held, self.stopped_event_grace - 0.005)
+        self.assertLessEqual(delivered.at - sent,
+                             self.stopped_event_grace + self.MARGIN)
+        self.assertEqual(['Resumed', 'Started', 'Stopped'],
+                         self.manager.names(guest.uuid))
+        stats = self.assertLedgerSettled(received=3)
+        self.assertEqual(3, stats['delivered'])
+        self.assertEqual(0, stats['cancelled'] + stats['failed'])
+        self.assertEqual('shutoff', guest.state())
+
+
+class TestEventStorm(driver_base.DriverTestCase):
+    """Many short-lived transient domains, created and destroyed at once.
+
+    Every fourth domain is created again (same UUID) right after its
+    destroy, as a hard reboot would: its first STOPPED must be cancelled,
+    every other event delivered, in libvirt's order per domain. The
+    daemon is taken exclusively: the storm fills both cores, which would
+    skew the timings other tests measure meanwhile.
+    """
+
+    exclusive_daemon = True
+    stopped_event_delay = 5.0
+    DOMAINS = 200
+    RECREATE_EVERY = 4
+    # Native threads doing the libvirt calls; destroy mostly waits for
+    # QEMU's exit to be reaped, so more threads than cores pay off.
+    WORKERS = 20
+    # Concrete bounds for the process during and after the storm.
+    RSS_GROWTH_KIB = 48 * 1024
+    EXTRA_THREADS = 6
+
+    def _storm(self, uuids, errors):
+        lock = threading.Lock()
+        todo = list(enumerate(uuids))
+        native = concurrency.native_threading()
+
+        def work():
+            conn = libvirt.open(base.URI)
+            try:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        n, domain_uuid = todo.pop()
+                    xml = base.MINIMAL_DOMAIN % {
+                        'name': 'nlc-it-storm-%s' % domain_uuid[:13],
+                        'uuid': domain_uuid}
+                    times = 2 if n % self.RECREATE_EVERY == 0 else 1
+                    for _ in range(times):
+                        conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+                        conn.lookupByUUIDString(domain_uuid).destroy()
+            except Exception as exc:
+                with lock:
+                    errors.append(exc)
+            finally:
+                conn.close()
+
+        return [native.Thread(target=work, daemon=True,
+                              name='lifecycle-test-storm-%d' % i)
+                for i in range(self.WORKERS)]
+
+    def _sweep(self, uuids):
+        for domain_uuid in uuids:
+            self.remove_domain(domain_uuid)
+            base.remove_qemu_log('nlc-it-storm-%s' % domain_uuid[:13])
+
+    def test_storm_of_transient_domains(self):
+        uuids = [str(uuid.uuid4()) for _ in range(self.DOMAINS)]
+        self.own.update(uuids)
+        self.addCleanup(self._sweep, uuids)
+        errors = []
+        threads = self._storm(uuids, errors)
+        rss_before = base.proc_status('VmRSS')
+        threads_before = base.proc_status('Threads')
+        plugin_before = set(concurrency.plugin_threads())
+        peak_threads = threads_before
+        peak_plugin = set()
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        deadline = started + 240
+        while any(t.is_alive() for t in threads):
+            self.assertLess(time.monotonic(), deadline, 'storm too slow')
+            peak_threads = max(peak_threads, base.proc_status('Threads'))
+            peak_plugin |= set(concurrency.plugin_threads())
+            time.sleep(0.2)
+        storm_seconds = time.monotonic() - started
+        self.assertEqual([], errors)
+
+        created = self.DOMAINS + len(uuids[::self.RECREATE_EVERY])
+        # Per creation libvirt sends STARTED and SUSPENDED (paused start),
+        # then SHUTDOWN (no Nova event) and STOPPED for the destroy.
+        self.assertTrue(self.ledger.wait_received(created * 3, base.WAIT),
+                        self.ledger.snapshot())
+        stats = self.assertLedgerSettled(
+            created * 3, timeout=self.stopped_event_delay + base.WAIT)
+        base.note(self, 'storm', (
+            '%d domains, %d creations in %.1fs; threads %d -> peak %d; '
+            'RSS %d -> %d KiB; %s'
+            % (self.DOMAINS, created, storm_seconds, threads_before,
+               peak_threads, rss_before, base.proc_status('VmRSS'),
+               stats)))
+
+        # What libvirt sent, per domain, against what the manager got.
+        recreated = 0
+        for n, domain_uuid in enumerate(uuids):
+            name = 'nlc-it-storm-%s' % domain_uuid[:13]
+            sent = nova_names(what for _, what in
+                              self.recorder.entries(name))
+            incarnations = 2 if n % self.RECREATE_EVERY == 0 else 1
+            self.assertEqual(['Started', 'Paused', 'Stopped'] * incarnations,
+                             sent, name)
+            # A STOPPED followed by the next creation's STARTED is
+            # cancelled; the last one is delivered.
+            expected = ['Started', 'Paused'] * (incarnations - 1) + sent[-3:]
+            self.assertEqual(expected, self.manager.names(domain_uuid),
+                             name)
+            recreated += incarnations - 1
+        self.assertEqual(created * 3, stats['received'])
+        self.assertEqual(created * 3 - recreated, stats['delivered'])
+        # Cancelled by the next creation's STARTED or, when that creation
+        # took longer than the delay (the domain exists, paused, while
+        # QEMU starts), by the re-check of the live domain.
+        self.assertEqual(recreated, stats['cancelled'])
+        self.assertLessEqual(set(stats['cancelled_by_reason']),
+                             {'superseded by Started',
+                              'domain is paused again'})
+        self.assertEqual(0, stats['failed'])
+
+        # Nothing left behind in the pipeline, and the process bounded.
+        pipeline = self.driver._pipeline
+        self.assertEqual([], pipeline.held_stops())
+        self.assertEqual(0, pipeline.stats()['dispatch_queue'])
+        self.assertEqual({}, pipeline._shutdown_notes)
+        self.assertLessEqual(
+            peak_threads,
+            threads_before + self.WORKERS + self.dispatch_workers +
+            self.EXTRA_THREADS)
+        storm_threads = {'lifecycle-test-storm-%d' % i
+                         for i in range(self.WORKERS)}
+        new_plugin = peak_plugin - plugin_before - storm_threads
+        self.assertLessEqual(len(new_plugin), self.dispatch_workers,
+                             sorted(new_plugin))
+        self.assertLess(base.proc_status('VmRSS') - rss_before,
+                        self.RSS_GROWTH_KIB)
+
+
+class TestSlowHandler(driver_base.DriverTestCase):
+    """A handler that takes seconds must not cost libvirt its keepalive.
+
+    The driver's connection gets a keepalive that gives up after about
+    3 s (a ping every second, 2 unanswered); the handler takes 8 s for
+    one domain's first event. Answering pings takes libvirt's event loop
+    thread, so if the handler ran there the connection would be closed.
+    """
+
+    dispatch_workers = 4
+    HANDLER_SECONDS = 8.0
+    KEEPALIVE = (1, 2)
+
+    def setUp(self):
+        self.slow_uuid = str(uuid.uuid4())
+        super().setUp()
+
+    def handler_delay(self, event):
+        if event.uuid == self.slow_uuid and event.get_name() == 'Started':
+            return self.HANDLER_SECONDS
+        return 0
+
+    def test_slow_handler_keeps_the_connection_and_other_events(self):
+        conn = self.driver._host.get_connection()
+        self.assertEqual(0, conn.setKeepAlive(*self.KEEPALIVE))
+        _, slow = self.start_paused(instance_uuid=self.slow_uuid)
+        self.assertTrue(self.manager.wait_until(lambda m: m.handling),
+                        'the slow handler never started')
+        handler_started = self.manager.handling[0].at
+        slow.resume()   # queued behind the slow handler: same instance
+
+        # Other instances' events flow while the handler sleeps.
+        others = [str(uuid.uuid4()) for _ in range(3)]
+        for other in others:
+            self.start_paused(instance_uuid=other)
+        for other in others:
+            self.assertIsNotNone(self.manager.wait_for(other, 'Paused'))
+        handler_ends = handler_started + self.HANDLER_SECONDS
+        for other in others:
+            delivered = self.manager.of(other)
+            self.assertEqual(['Started', 'Paused'],
+                             [d.event.get_name() for d in delivered])
+            self.assertLess(delivered[-1].at, handler_ends)
+
+        # The slow instance's own events waited for it, in order.
+        self.assertTrue(self.manager.wait_until(
+            lambda m: not m.handling, self.HANDLER_SECONDS + base.WAIT))
+        self.assertIsNotNone(self.manager.wait_for(self.slow_uuid,
+                                                   'Resumed'))
+        slow_events = self.manager.of(self.slow_uuid)
+        self.assertEqual(['Started', 'Paused', 'Resumed'],
+                         [d.event.get_name() for d in slow_events])
+        self.assertGreaterEqual(slow_events[1].at, handler_ends - 0.01)
+
+        # The connection outlived more than twice its keepalive deadline.
+        self.assertGreater(time.monotonic() - handler_started,
+                           2 * self.KEEPALIVE[0] * (self.KEEPALIVE[1] + 1))
+        self.assertEqual(1, conn.isAlive())
+        self.assertIs(conn, self.driver._host.get_connection())
+        self.assertEqual([], [e for e in self.host_enabled if not e[1]])
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING,
+                         conn.lookupByUUIDString(self.slow_uuid).info()[0])
+        stats = self.assertLedgerSettled(received=2 * len(others) + 3)
+        self.assertEqual(0, stats['failed'] + stats['cancelled'])
+        self.assertEqual(collections.Counter(
+            {'Started': 4, 'Paused': 4, 'Resumed': 1}),
+            collections.Counter(d.event.get_name()
+                                for d in self.manager.deliveries))
