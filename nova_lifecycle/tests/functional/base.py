@@ -313,6 +313,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     def setUp(self):
         self.useFixture(fixtures.Timeout(TEST_TIMEOUT, gentle=True))
         self._threads_before = set(concurrency.plugin_threads())
+        self.lifecycle_computes = {}
         if concurrency.threading_mode() and not harness_supports_threading():
             self.useFixture(NotifierWithoutGreenlets(self.id()))
             self.useFixture(SerializedSqlite())
@@ -341,17 +342,28 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         """Start a compute on the plugin.
 
         It is stopped and checked after the test (see
-        :meth:`_stop_compute_and_check`).
+        :meth:`_stop_compute_and_check`). ``self.compute_service``,
+        ``manager``, ``driver``, ``connection`` and ``events`` are those of
+        the compute started last; ``self.lifecycle_computes[hostname]`` has
+        them for each compute.
         """
         self.start_compute(hostname)
         service = self.computes[hostname]
+        driver = service.manager.driver
+        self.assertEqual('LibvirtLifecycleDriver', type(driver).__name__)
+        compute = types.SimpleNamespace(
+            hostname=hostname, service=service, manager=service.manager,
+            driver=driver, connection=self._connect_through_nova(driver._host),
+            events=self.useFixture(QueuedEvents(driver)))
+        self._watch_cleanup_host(driver)
+        compute.cleanup_done = self._cleanup_done
+        compute.cleanup_errors = self._cleanup_errors
+        self.lifecycle_computes[hostname] = compute
         self.compute_service = service
-        self.manager = service.manager
-        self.driver = service.manager.driver
-        self.assertEqual('LibvirtLifecycleDriver', type(self.driver).__name__)
-        self.connection = self._connect_through_nova(self.driver._host)
-        self.events = self.useFixture(QueuedEvents(self.driver))
-        self._watch_cleanup_host(self.driver)
+        self.manager = compute.manager
+        self.driver = driver
+        self.connection = compute.connection
+        self.events = compute.events
         # The check after the test means something only if they run.
         self.assertIn('lifecycle-libvirt-loop', self._new_plugin_threads())
         self.addCleanup(self._stop_compute_and_check, service)
@@ -379,8 +391,8 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         The manager calls it when the service stops (nova 34 on a thread of
         its own, after stop() returned; nova 33 within stop()).
         """
-        self._cleanup_done = threading.Event()
-        self._cleanup_errors = []
+        done = self._cleanup_done = threading.Event()
+        errors = self._cleanup_errors = []
         cleanup_host = driver.cleanup_host
 
         @functools.wraps(cleanup_host)
@@ -388,25 +400,31 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
             try:
                 return cleanup_host(*args, **kwargs)
             except Exception as exc:
-                self._cleanup_errors.append(exc)
+                errors.append(exc)
                 raise
             finally:
-                self._cleanup_done.set()
+                done.set()
 
         driver.cleanup_host = watched
 
     def _stop_compute_and_check(self, service):
-        stats = self.driver.lifecycle_stats()
+        compute = self.lifecycle_computes.pop(service.host)
+        driver = compute.driver
+        stats = driver.lifecycle_stats()
         self.assert_ledger_balanced(stats)
         self.assertEqual({}, stats['failed_by_error'], stats)
         service.stop()
-        self.assertTrue(self._cleanup_done.wait(STOP_WAIT),
-                        'the driver\'s cleanup_host did not return')
-        self.assertEqual([], self._cleanup_errors)
-        self.assertEqual([], self._new_plugin_threads(),
-                         'plugin threads left after cleanup_host')
-        self.assert_ledger_balanced()
-        self.assertIsNone(self.driver._compute_event_callback)
+        self.assertTrue(compute.cleanup_done.wait(STOP_WAIT),
+                        'the driver\'s cleanup_host did not return on %s'
+                        % service.host)
+        self.assertEqual([], compute.cleanup_errors)
+        # The threads have the same names on every compute: look once the
+        # last one has stopped.
+        if not self.lifecycle_computes:
+            self.assertEqual([], self._new_plugin_threads(),
+                             'plugin threads left after cleanup_host')
+        self.assert_ledger_balanced(driver.lifecycle_stats())
+        self.assertIsNone(driver._compute_event_callback)
 
     def _new_plugin_threads(self):
         return [name for name in concurrency.plugin_threads()
