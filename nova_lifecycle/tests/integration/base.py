@@ -19,8 +19,9 @@ only record into a list under a native lock; the test polls that list with
 bounded waits.
 
 Every test holds the libvirtd lock (:class:`DaemonLock`) shared; a test
-that kills libvirtd holds it exclusively, so that no other test of the
-suite (another stestr worker) uses the daemon meanwhile.
+that kills libvirtd, loads the machine (many domains) or measures tight
+timings holds it exclusively, so that no other test of the suite (another
+stestr worker) uses the daemon meanwhile.
 """
 
 import errno
@@ -216,7 +217,7 @@ def _lock_within(f, operation, deadline, what):
 
 
 class DaemonLock(fixtures.Fixture):
-    """libvirtd for this test: shared, or exclusive to kill the daemon.
+    """libvirtd for this test: shared, or exclusive (see the module doc).
 
     Two flock(2) files: the gate is held only while acquiring (and by an
     exclusive request for as long as it waits), so that shared holders

@@ -160,7 +160,8 @@ class DriverTestCase(lc_base.TestCase):
     """A ``LibvirtLifecycleDriver`` on ``qemu:///system``, started.
 
     Class attributes set the ``[lifecycle]`` options;
-    ``exclusive_daemon`` takes libvirtd for this test alone (to kill it).
+    ``exclusive_daemon`` takes libvirtd for this test alone (to kill it,
+    to load the machine, or to measure tight timings).
     Nova's configuration and log capture come from Nova's own fixtures;
     Nova's unit-test base is not used, as it forbids looking at the host
     (os.uname, interfaces) that the driver must look at here.

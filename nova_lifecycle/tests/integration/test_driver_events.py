@@ -68,6 +68,8 @@ class TestHardReboot(driver_base.DriverTestCase):
 
 class TestGuestPowersOff(driver_base.DriverTestCase):
 
+    # Alone on the daemon, for the timing (see test_driver_shutdown).
+    exclusive_daemon = True
     stopped_event_grace = 2.0
     # Delivery may lag the grace by this much (recheck of the domain,
     # dispatch, a loaded 2-core machine).

@@ -24,6 +24,9 @@ from nova_lifecycle.tests.integration import driver_base
 
 class TestCleanShutdown(driver_base.DriverTestCase):
 
+    # Alone on the daemon: another test's guest booting under TCG fills a
+    # core, and the bounds below are tens of milliseconds.
+    exclusive_daemon = True
     # The STOPPED of a power-off is held while power_off runs, then for
     # the grace (see nova_lifecycle.virt.stopped).
     stopped_event_grace = 0.5
@@ -64,6 +67,18 @@ class TestCleanShutdown(driver_base.DriverTestCase):
         self.assertEqual(1, len(clean_calls))
         return clean_calls[0], poweroffs, returned
 
+    def assertReturnedOnTheStop(self, guest, start, end):
+        """_clean_shutdown returned at most AFTER_STOP after the STOPPED."""
+        stopped = self.libvirt_event_time(guest, 'STOPPED_SHUTDOWN')
+        delivered = self.manager.wait_for(guest.uuid, 'Stopped')
+        plugin_saw = (delivered.event.received_at - stopped
+                      if delivered is not None else float('nan'))
+        base.note(self, 'timing', (
+            "guest's own time %.3fs; the plugin's callback ran %+.3fs "
+            "from the test's; returned %.3fs after the STOPPED"
+            % (stopped - start, plugin_saw, end - stopped)))
+        self.assertLessEqual(end - stopped, self.AFTER_STOP)
+
     def assertStopDeliveredAfter(self, guest, power_off_returned, detail):
         """The manager got the STOPPED once power_off ended, after the grace.
 
@@ -87,11 +102,7 @@ class TestCleanShutdown(driver_base.DriverTestCase):
         (start, end, result), poweroffs, returned = self.power_off(
             guest, timeout=30, retry_interval=10)
         self.assertTrue(result)
-        stopped = self.libvirt_event_time(guest, 'STOPPED_SHUTDOWN')
-        base.note(self, 'timing', (
-            "guest's own time %.3fs, returned %.3fs after its STOPPED"
-            % (stopped - start, end - stopped)))
-        self.assertLessEqual(end - stopped, self.AFTER_STOP)
+        self.assertReturnedOnTheStop(guest, start, end)
         self.assertEqual(1, guest.console().count('power button press'))
         self.assertIn(base.PRESS_HONOURED % 1, guest.console())
         # Nova's _destroy then found the domain off: nothing destroyed.
@@ -130,11 +141,7 @@ class TestCleanShutdown(driver_base.DriverTestCase):
         (start, end, result), poweroffs, returned = self.power_off(
             guest, timeout, retry_interval)
         self.assertTrue(result)
-        stopped = self.libvirt_event_time(guest, 'STOPPED_SHUTDOWN')
-        base.note(self, 'timing', (
-            "guest's own time %.3fs, returned %.3fs after its STOPPED"
-            % (stopped - start, end - stopped)))
-        self.assertLessEqual(end - stopped, self.AFTER_STOP)
+        self.assertReturnedOnTheStop(guest, start, end)
         # The third request (at 2 s) was the one honoured.
         self.assertGreaterEqual(end - start, 2 * retry_interval)
         console = guest.console()
