@@ -1,0 +1,16 @@
+"""The all-in-one main job: a single-host Nova driven through its API.
+
+``python -m nova_lifecycle.mainjob`` starts Nova's API, conductor,
+scheduler, placement (SQLite databases, in one process, from Nova's
+functional-test fixtures) and one nova-compute, first on the plugin's
+driver and then on upstream's ``libvirt.LibvirtDriver``, runs the same
+power-state scenarios through the REST API on each, and prints one table
+with both, plus a PNG plot of the latencies. By default the compute talks
+to Nova's fake libvirt; ``--libvirt-uri qemu:///system`` uses a real
+libvirtd and QEMU with the tiny test guest. See doc/source/mainjob.rst.
+
+Modules: :mod:`cli` (arguments, exit status), :mod:`runner` (one
+deployment per driver), :mod:`deployment` (Nova in one process),
+:mod:`fakevirt` and :mod:`realvirt` (the hypervisor side), :mod:`scenarios`,
+:mod:`results`, :mod:`report` (table, JSON) and :mod:`plot` (PNG).
+"""

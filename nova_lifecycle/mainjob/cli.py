@@ -1,0 +1,193 @@
+"""Command line of the main job: ``python -m nova_lifecycle.mainjob``.
+
+Arguments are parsed before Nova is imported, so that ``--help`` and
+``--list-scenarios`` need no Nova and Nova's concurrency mode
+(``OS_NOVA_DISABLE_EVENTLET_PATCHING``) is applied before anything loads
+eventlet. Exit status: 0 when every scenario passed on the plugin, 1 when
+one failed (upstream's results never change it), 2 for bad arguments.
+"""
+
+import argparse
+import os
+import sys
+
+from nova_lifecycle.mainjob import results
+from nova_lifecycle.mainjob import scenarios
+
+FAKE = 'fake'
+OUTPUT_DIR = os.path.join('build', 'mainjob')
+DEFAULT_GUEST_DIR = '/var/cache/nova-lifecycle/guest'
+# Seconds one deployment (all scenarios on one driver) may run before
+# Nova's harness stops it (OS_TEST_TIMEOUT).
+DEPLOYMENT_TIMEOUT = 900
+
+
+def _csv(value):
+    return [item.strip() for item in value.split(',') if item.strip()]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='python -m nova_lifecycle.mainjob',
+        description='Single-host Nova in one process (API, conductor, '
+                    'scheduler, placement, SQLite) whose compute runs the '
+                    'plugin, then upstream\'s libvirt driver; the same '
+                    'power-state scenarios through the API on both, one '
+                    'table and a PNG plot of the latencies.')
+    parser.add_argument(
+        '--libvirt-uri', default=FAKE, metavar='URI',
+        help='"fake" (default): Nova\'s fake libvirt, nothing to install; '
+             'qemu:///system: a real libvirtd and QEMU (TCG) booting the '
+             'test guest of tools/build-test-guest.sh')
+    parser.add_argument(
+        '--drivers', type=_csv, default=list(results.DRIVERS),
+        metavar='LIST',
+        help='comma-separated, from: %s (default: both)'
+             % ', '.join(results.DRIVERS))
+    parser.add_argument(
+        '--scenarios', type=_csv, default=[], metavar='LIST',
+        help='comma-separated scenario names (default: all; see '
+             '--list-scenarios)')
+    parser.add_argument('--list-scenarios', action='store_true',
+                        help='print the scenario names and exit')
+    parser.add_argument(
+        '--plot', metavar='PATH',
+        help='PNG file for the latency plot (default: %s/latency-nova<N>-'
+             '<mode>-<fake|real>.png)' % OUTPUT_DIR)
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write the results as JSON to PATH')
+    parser.add_argument(
+        '--log-dir', metavar='DIR',
+        help='where Nova\'s log of each deployment goes (default: '
+             '%s/logs-nova<N>-<mode>-<fake|real>)' % OUTPUT_DIR)
+    parser.add_argument(
+        '--guest-dir', metavar='DIR',
+        default=os.environ.get('NOVA_LIFECYCLE_GUEST_DIR',
+                               DEFAULT_GUEST_DIR),
+        help='real mode: the built test guest (default: '
+             '$NOVA_LIFECYCLE_GUEST_DIR or %s)' % DEFAULT_GUEST_DIR)
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    unknown = sorted(set(options.drivers) - set(results.DRIVERS))
+    if unknown or not options.drivers:
+        parser.error('--drivers: choose from %s (got: %s)'
+                     % (', '.join(results.DRIVERS),
+                        ', '.join(options.drivers) or 'nothing'))
+    # Keep the table's order whatever the order given.
+    options.drivers = [d for d in results.DRIVERS if d in options.drivers]
+    try:
+        options.selected = scenarios.select(options.scenarios)
+    except ValueError as exc:
+        parser.error('--scenarios: %s' % exc)
+    options.real = options.libvirt_uri != FAKE
+    return options
+
+
+def output_stem(nova_major, mode, real):
+    return 'nova%s-%s-%s' % (nova_major, mode, 'real' if real else 'fake')
+
+
+def default_plot_path(nova_major, mode, real):
+    return os.path.join(OUTPUT_DIR, 'latency-%s.png'
+                        % output_stem(nova_major, mode, real))
+
+
+def default_log_dir(nova_major, mode, real):
+    return os.path.join(OUTPUT_DIR, 'logs-%s'
+                        % output_stem(nova_major, mode, real))
+
+
+def _nova_version():
+    from importlib import metadata
+    return metadata.version('nova')
+
+
+def _quiet_harness():
+    """Nova's harness keeps the services' output; a run may take long."""
+    os.environ.setdefault('OS_STDOUT_CAPTURE', '1')
+    os.environ.setdefault('OS_STDERR_CAPTURE', '1')
+    os.environ['OS_TEST_TIMEOUT'] = str(DEPLOYMENT_TIMEOUT)
+
+
+def _log_to_file(path):
+    """Nova's log lines outside a deployment go to a file, not the console.
+
+    Inside a deployment Nova's harness keeps them (saved per driver).
+    """
+    import logging
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(
+        '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def main(argv=None, stdout=None):
+    out = stdout or sys.stdout
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.list_scenarios:
+        for scenario in scenarios.SCENARIOS:
+            out.write('%-20s %s\n' % (scenario.name, scenario.title))
+        return 0
+
+    from nova import monkey_patch
+    monkey_patch.patch()
+    _quiet_harness()
+
+    from nova_lifecycle import concurrency
+    from nova_lifecycle.mainjob import report
+    from nova_lifecycle.mainjob import runner
+
+    if options.real:
+        from nova_lifecycle.mainjob import realvirt
+        problem = realvirt.problem(options.libvirt_uri, options.guest_dir)
+        if problem:
+            out.write('main job: cannot use %s: %s\n'
+                      % (options.libvirt_uri, problem))
+            return 1
+        factory = realvirt.deployment_factory(options.libvirt_uri,
+                                              options.guest_dir)
+    else:
+        from nova_lifecycle.mainjob import deployment
+        factory = deployment.FakeDeployment
+
+    mode = 'threading' if concurrency.threading_mode() else 'eventlet'
+    info = results.RunInfo(_nova_version(), mode,
+                           options.libvirt_uri if options.real else FAKE)
+    plot_path = options.plot or default_plot_path(info.nova_major, mode,
+                                                  options.real)
+    log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
+                                                 options.real)
+    _log_to_file(os.path.join(log_dir, 'mainjob.log'))
+    progress = runner.Progress(out)
+    progress.line('main job: %s; scenarios: %s; drivers: %s' % (
+        info.describe(), ', '.join(s.name for s in options.selected),
+        ', '.join(options.drivers)))
+    all_results, info.settings = runner.run(
+        options.drivers, options.selected, factory, progress, log_dir)
+
+    out.write('\n' + report.format_table(info, all_results, options.drivers)
+              + '\n')
+    from nova_lifecycle.mainjob import plot
+    os.makedirs(os.path.dirname(plot_path) or '.', exist_ok=True)
+    plot.write_plot(plot_path, all_results,
+                    'CHANGE TO API LATENCY, %s' % info.describe(),
+                    options.drivers)
+    out.write('plot: %s\nnova logs: %s\n' % (plot_path, log_dir))
+    if options.json:
+        os.makedirs(os.path.dirname(options.json) or '.', exist_ok=True)
+        with open(options.json, 'w') as f:
+            f.write(report.to_json(info, all_results))
+        out.write('json: %s\n' % options.json)
+    status = report.exit_status(all_results)
+    out.write('main job: %s\n' % ('PASS' if status == 0 else
+                                  'FAIL (a plugin scenario failed)'))
+    return status

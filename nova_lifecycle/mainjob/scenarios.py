@@ -1,0 +1,273 @@
+"""The main job's scenarios, driven through Nova's REST API.
+
+A scenario is a function ``run(env, m)``. ``env`` is the deployment seen
+from outside (:class:`nova_lifecycle.mainjob.deployment.Environment`): the
+API, the hypervisor (``env.hv``, Nova's fake libvirt or a real libvirtd)
+and the compute service; ``m`` (:class:`Measure`) collects what was
+measured. A scenario raises :class:`ScenarioFailed` when Nova does not
+reach the state it should; it knows nothing of which driver runs, except
+for the bounds it sets on the plugin (``m.plugin_bound``), which the runner
+checks on the plugin's run only.
+
+Times are ``time.monotonic()`` seconds. The hypervisor change is the
+moment the domain's state changed: with the fake, the time the lifecycle
+event was emitted (the fake emits it as it changes the state); with a real
+libvirtd, the first time a watcher polling the domain every 20 ms saw the
+new state (see :mod:`nova_lifecycle.mainjob.realvirt`).
+"""
+
+import dataclasses
+
+# Seconds Nova may take to show a state before the scenario fails. Upstream
+# holds a STOPPED event for 15 s, so a guest's own power-off takes that long.
+WAIT = 30.0
+# Seconds a boot may take (a real guest under TCG on a busy machine).
+BOOT_WAIT = 90.0
+# Seconds the API may take to show a stopped domain once the plugin is done
+# with it (the stop scenarios' bound on the plugin).
+STOP_BOUND = 2.0
+
+
+class ScenarioFailed(Exception):
+    """Nova did not do what the scenario expects; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Guest:
+    """How the guest behaves (the words of the test guest's command line).
+
+    ``acpi``: 'honour' (power off on the ACPI power button) or 'ignore'.
+    ``poweroff_after``: seconds after it is ready that the guest powers
+    itself off (None: never); a real guest needs it at boot, the fake one
+    powers off when the scenario says so.
+    """
+
+    acpi: str = 'honour'
+    poweroff_after: int | None = None
+
+
+HONOURS_ACPI = Guest()
+IGNORES_ACPI = Guest(acpi='ignore')
+
+
+class Measure:
+    """What a scenario measured, and what it expects of the compute.
+
+    ``step`` records one change: the hypervisor change time, the time the
+    API showed it, and the request time if an API request started it.
+    ``expect_calls`` says how many stop()/force_stop() calls the compute
+    manager should make for a server (the guest powering off by itself is
+    recorded by Nova as a stop() call); every other call is spurious.
+    """
+
+    def __init__(self):
+        self.steps = []          # (label, latency, total)
+        self.expected = {}       # server id -> expected manager calls
+        self.latency_bound = None
+        self.total_bound = None
+        self.notes = []
+        self.error = None   # why the scenario failed, set by the runner
+
+    def step(self, label, changed_at, shown_at, requested_at=None):
+        latency = shown_at - changed_at
+        total = None if requested_at is None else shown_at - requested_at
+        self.steps.append((label, latency, total))
+        return latency
+
+    def expect_calls(self, server, count=0):
+        self.expected[server['id']] = count
+
+    def plugin_bound(self, latency=None, total=None):
+        """Upper bounds the plugin must meet (seconds)."""
+        self.latency_bound = latency
+        self.total_bound = total
+
+    def note(self, text):
+        self.notes.append(text)
+
+    @property
+    def latency(self):
+        values = [s[1] for s in self.steps]
+        return max(values) if values else None
+
+    @property
+    def total(self):
+        values = [s[2] for s in self.steps if s[2] is not None]
+        return max(values) if values else None
+
+    def bound_problems(self):
+        """Why the measured figures break the plugin's bounds, if they do."""
+        problems = []
+        if (self.latency_bound is not None and self.latency is not None and
+                self.latency > self.latency_bound):
+            problems.append('change->API %.2f s is over the plugin\'s bound '
+                            'of %.2f s' % (self.latency, self.latency_bound))
+        if (self.total_bound is not None and self.total is not None and
+                self.total > self.total_bound):
+            problems.append('request->API %.2f s is over the plugin\'s bound '
+                            'of %.2f s' % (self.total, self.total_bound))
+        return problems
+
+
+def _boot_active(env, m, guest=HONOURS_ACPI, label=None):
+    requested = env.now()
+    server = env.boot(guest)
+    shown = env.wait_status(server, 'ACTIVE', BOOT_WAIT)
+    if label:
+        started = env.hv.change_time(server, 'running', requested)
+        m.step(label, started, shown, requested)
+    # A real guest must have booted before it can react to anything.
+    env.hv.wait_ready(server)
+    env.settle()
+    return server
+
+
+def boot(env, m):
+    server = _boot_active(env, m, label='boot')
+    m.expect_calls(server, 0)
+
+
+def guest_powers_off(env, m):
+    server = _boot_active(env, m, Guest(poweroff_after=5))
+    m.expect_calls(server, 1)
+    changed = env.hv.guest_power_off(server)
+    shown = env.wait_status(server, 'SHUTOFF', WAIT)
+    m.step('power-off', changed, shown)
+    # The guest stopped by itself; the plugin hands that on after the
+    # grace, upstream after stopped_event_delay (15 s). The bound is half
+    # way, so that a loaded machine does not fail the plugin.
+    m.plugin_bound(latency=(env.settings['stopped_event_grace'] +
+                            env.settings['stopped_event_delay']) / 2)
+
+
+def _reboot(env, m, kind):
+    server = _boot_active(env, m)
+    m.expect_calls(server, 0)
+    requested = env.act(server, {'reboot': {'type': kind}})
+    shown = env.wait_status(server, 'ACTIVE', WAIT)
+    started = env.hv.change_time(server, 'running', requested)
+    m.step('reboot', started, shown, requested)
+    env.hv.assert_running(server)
+
+
+def hard_reboot(env, m):
+    _reboot(env, m, 'HARD')
+
+
+def soft_reboot(env, m):
+    _reboot(env, m, 'SOFT')
+
+
+def _stop(env, m, guest):
+    server = _boot_active(env, m, guest)
+    m.expect_calls(server, 0)
+    requested = env.act(server, {'os-stop': None})
+    shown = env.wait_status(server, 'SHUTOFF', WAIT)
+    stopped = env.hv.change_time(server, 'shutoff', requested)
+    m.step('stop', stopped, shown, requested)
+    return server
+
+
+def stop_acpi_honoured(env, m):
+    _stop(env, m, HONOURS_ACPI)
+    # The plugin's clean shutdown returns on the STOPPED event; upstream
+    # looks once a second. The bound leaves room for a loaded machine.
+    m.plugin_bound(latency=STOP_BOUND)
+
+
+def stop_acpi_ignored(env, m):
+    _stop(env, m, IGNORES_ACPI)
+    timeout = env.settings['shutdown_timeout']
+    m.note('shutdown_timeout %s s, then destroyed' % timeout)
+    m.plugin_bound(latency=STOP_BOUND, total=timeout + STOP_BOUND)
+
+
+def pause_resume(env, m):
+    server = _boot_active(env, m)
+    m.expect_calls(server, 0)
+    requested = env.act(server, {'pause': None})
+    shown = env.wait_status(server, 'PAUSED', WAIT)
+    m.step('pause', env.hv.change_time(server, 'paused', requested), shown,
+           requested)
+    env.settle()
+    requested = env.act(server, {'unpause': None})
+    shown = env.wait_status(server, 'ACTIVE', WAIT)
+    m.step('resume', env.hv.change_time(server, 'running', requested),
+           shown, requested)
+
+
+def libvirtd_restart(env, m):
+    server = _boot_active(env, m, Guest(poweroff_after=4))
+    m.expect_calls(server, 1)
+    changed = env.hv.restart_libvirtd_while_guest_powers_off(server)
+    try:
+        try:
+            shown = env.wait_status(server, 'SHUTOFF', env.hv.restart_wait)
+        except ScenarioFailed as exc:
+            raise ScenarioFailed(
+                '%s (the events of the outage are lost: only a power-state '
+                'sync finds the change, at the latest the periodic one, '
+                'every sync_power_state_interval)' % exc)
+        m.step('power-off during restart', changed, shown)
+        m.plugin_bound(latency=env.hv.restart_wait / 2)
+    finally:
+        # The lost connection disabled the compute service; later
+        # scenarios need it back.
+        env.reconnect()
+
+
+def graceful_shutdown(env, m):
+    server = _boot_active(env, m, IGNORES_ACPI)
+    m.expect_calls(server, 0)
+    entered = env.watch_power_off()
+    requested = env.act(server, {'os-stop': None})
+    if not entered.wait(WAIT):
+        raise ScenarioFailed('the driver\'s power_off did not start')
+    stopping = env.stop_compute_gracefully()
+    shown = env.wait_status(server, 'SHUTOFF', WAIT)
+    stopped = env.hv.change_time(server, 'shutoff', requested)
+    m.step('stop during graceful shutdown', stopped, shown, requested)
+    problems = stopping.finish(WAIT * 2)
+    if problems:
+        raise ScenarioFailed('; '.join(problems))
+    m.plugin_bound(total=env.settings['shutdown_timeout'] + STOP_BOUND)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    run: object
+    # Stops the compute service: runs last, after the others settled.
+    stops_compute: bool = False
+
+
+SCENARIOS = (
+    Scenario('boot', 'boot', boot),
+    Scenario('guest-poweroff', 'guest powers off by itself',
+             guest_powers_off),
+    Scenario('hard-reboot', 'hard reboot', hard_reboot),
+    Scenario('soft-reboot', 'soft reboot', soft_reboot),
+    Scenario('stop-acpi-honoured', 'stop, guest honours ACPI',
+             stop_acpi_honoured),
+    Scenario('stop-acpi-ignored', 'stop, guest ignores ACPI',
+             stop_acpi_ignored),
+    Scenario('pause-resume', 'pause / resume', pause_resume),
+    Scenario('libvirtd-restart', 'libvirtd restart, guest powers off',
+             libvirtd_restart),
+    Scenario('graceful-shutdown', 'graceful compute stop during a stop',
+             graceful_shutdown, stops_compute=True),
+)
+
+NAMES = tuple(s.name for s in SCENARIOS)
+
+
+def select(names=None):
+    """The scenarios named (all by default), in the catalogue's order."""
+    if not names:
+        return list(SCENARIOS)
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError('unknown scenario(s): %s (known: %s)'
+                         % (', '.join(unknown), ', '.join(NAMES)))
+    return [s for s in SCENARIOS if s.name in names]

@@ -1,0 +1,444 @@
+"""The main job's table, plot, command line and verdicts.
+
+The full run (Nova in one process on each driver) is exercised by
+tools/main-job.sh; here the parts around it are checked without Nova's
+services: the table and its JSON, the PNG (decoded again), the argument
+handling, and the runner's verdicts with a stand-in deployment.
+"""
+
+import io
+import json
+import os
+import struct
+import zlib
+
+import fixtures
+import testtools
+
+from nova_lifecycle.mainjob import cli
+from nova_lifecycle.mainjob import plot
+from nova_lifecycle.mainjob import report
+from nova_lifecycle.mainjob import results
+from nova_lifecycle.mainjob import runner
+from nova_lifecycle.mainjob import scenarios
+from nova_lifecycle.tests import base
+
+PLUGIN, UPSTREAM = results.PLUGIN, results.UPSTREAM
+
+
+def result(scenario, driver, passed=True, latency=0.5, **kwargs):
+    return results.Result(scenario, scenario.replace('-', ' '), driver,
+                          passed, latency=latency, **kwargs)
+
+
+def sample_results():
+    return [
+        result('boot', PLUGIN, latency=0.12, total=1.5),
+        result('guest-poweroff', PLUGIN, latency=2.3),
+        result('pause-resume', PLUGIN, latency=0.13, total=0.2,
+               steps=[('pause', 0.07), ('resume', 0.13)]),
+        result('boot', UPSTREAM, latency=0.18, total=1.2),
+        result('guest-poweroff', UPSTREAM, latency=15.7),
+        result('pause-resume', UPSTREAM, passed=False, latency=None,
+               reason='the API shows ACTIVE', spurious=2),
+    ]
+
+
+def info():
+    return results.RunInfo('34.0.0', 'threading', 'fake',
+                           {'shutdown_timeout': 3})
+
+
+class TableTest(base.TestCase):
+
+    def test_one_row_per_scenario_with_both_drivers(self):
+        text = report.format_table(info(), sample_results())
+        lines = text.splitlines()
+        self.assertEqual('Main job: nova 34.0.0, threading mode, nova\'s '
+                         'fake libvirt', lines[0])
+        self.assertEqual('settings: shutdown_timeout=3', lines[1])
+        header = next(line for line in lines if line.startswith('scenario'))
+        self.assertIn('plugin: result', header)
+        self.assertIn('upstream: result', header)
+        self.assertLess(header.index('plugin'), header.index('upstream'))
+        rows = {line.split('|')[0].strip(): line for line in lines
+                if '|' in line and not line.startswith('scenario')}
+        self.assertEqual({'boot', 'guest poweroff', 'pause resume'},
+                         set(rows))
+        plugin, upstream = rows['guest poweroff'].split('|')[1:]
+        self.assertEqual(['pass', '2.30', 's', '-', '0'], plugin.split())
+        self.assertEqual(['pass', '15.70', 's', '-', '0'], upstream.split())
+        plugin, upstream = rows['pause resume'].split('|')[1:]
+        self.assertEqual(['FAIL', '-', '-', '2'], upstream.split())
+
+    def test_columns_line_up(self):
+        text = report.format_table(info(), sample_results())
+        table = [line for line in text.splitlines() if '|' in line]
+        self.assertEqual(1, len({line.index('|') for line in table}))
+        self.assertEqual(1, len({line.rindex('|') for line in table}))
+
+    def test_notes_give_reasons_and_steps(self):
+        notes = report.format_notes(sample_results())
+        self.assertIn('upstream / pause resume: FAIL: the API shows ACTIVE',
+                      notes)
+        self.assertIn('plugin / pause resume: steps: pause 0.07 s, '
+                      'resume 0.13 s', notes)
+        # Only scenarios with more than one step list them.
+        self.assertEqual(1, len([n for n in notes if 'steps' in n]))
+
+    def test_a_driver_that_did_not_run(self):
+        only_plugin = [r for r in sample_results() if r.driver == PLUGIN]
+        text = report.format_table(info(), only_plugin)
+        self.assertIn('not run', text)
+        text = report.format_table(info(), only_plugin, drivers=[PLUGIN])
+        self.assertNotIn('upstream', text)
+
+    def test_json_holds_every_result(self):
+        data = json.loads(report.to_json(info(), sample_results()))
+        self.assertEqual('34.0.0', data['run']['nova_version'])
+        self.assertEqual(6, len(data['results']))
+        first = data['results'][0]
+        self.assertEqual(('boot', 'plugin', True, 0.12),
+                         (first['scenario'], first['driver'],
+                          first['passed'], first['latency']))
+
+    def test_exit_status_follows_the_plugin_only(self):
+        self.assertEqual(0, report.exit_status(sample_results()))
+        failing = sample_results()
+        failing[1].passed = False
+        self.assertEqual(1, report.exit_status(failing))
+        self.assertEqual(0, report.exit_status([]))
+
+
+def decode_png(data):
+    """(width, height, rows of RGB bytes), checking every chunk's CRC."""
+    assert data[:8] == b'\x89PNG\r\n\x1a\n', data[:8]
+    pos, chunks = 8, {}
+    while pos < len(data):
+        length, = struct.unpack('>I', data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        crc, = struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xffffffff, kind
+        chunks.setdefault(kind, b'')
+        chunks[kind] += body
+        pos += 12 + length
+    width, height, depth, colour, _, _, _ = struct.unpack(
+        '>IIBBBBB', chunks[b'IHDR'])
+    assert (depth, colour) == (8, 2)
+    assert b'IEND' in chunks
+    raw = zlib.decompress(chunks[b'IDAT'])
+    stride = 1 + 3 * width
+    assert len(raw) == stride * height
+    rows = [raw[y * stride + 1:(y + 1) * stride] for y in range(height)]
+    assert all(raw[y * stride] == 0 for y in range(height))
+    return width, height, rows
+
+
+def colour_run(row, colour):
+    """Length of the longest run of ``colour`` pixels in a row."""
+    best = run = 0
+    for x in range(0, len(row), 3):
+        run = run + 1 if tuple(row[x:x + 3]) == colour else 0
+        best = max(best, run)
+    return best
+
+
+class PlotTest(base.TestCase):
+
+    def test_png_round_trip(self):
+        canvas = plot.Canvas(7, 3)
+        canvas.rect(2, 1, 3, 1, (1, 2, 3))
+        width, height, rows = decode_png(canvas.png())
+        self.assertEqual((7, 3), (width, height))
+        self.assertEqual(bytes(plot.WHITE) * 2 + bytes((1, 2, 3)) * 3 +
+                         bytes(plot.WHITE) * 2, rows[1])
+        self.assertEqual(bytes(plot.WHITE) * 7, rows[0])
+
+    def test_rect_is_clipped(self):
+        canvas = plot.Canvas(4, 4)
+        canvas.rect(-2, -2, 10, 3, plot.BLACK)
+        self.assertEqual(plot.BLACK, canvas.pixel(3, 0))
+        self.assertEqual(plot.WHITE, canvas.pixel(0, 1 + 1))
+
+    def test_text_draws_glyphs_and_unknown_characters(self):
+        canvas = plot.Canvas(40, 10)
+        width = canvas.text(0, 0, 'i1', plot.BLACK)
+        self.assertEqual(plot.text_width('i1'), width)
+        # 'I' has a full top row from x=1 to x=3.
+        self.assertEqual([plot.BLACK] * 3,
+                         [canvas.pixel(x, 0) for x in (1, 2, 3)])
+        self.assertEqual(plot.WHITE, canvas.pixel(0, 0))
+        other = plot.Canvas(40, 10)
+        other.text(0, 0, '#')
+        question = plot.Canvas(40, 10)
+        question.text(0, 0, '?')
+        self.assertEqual(question.pixels, other.pixels)
+
+    def test_nice_steps(self):
+        self.assertEqual(5, plot.nice_step(16))
+        self.assertEqual(0.05, plot.nice_step(0.23))
+        self.assertEqual(1, plot.nice_step(6))
+        self.assertEqual(1.0, plot.nice_step(0))
+
+    def test_bars_are_proportional_to_latency(self):
+        rows = [('a', {PLUGIN: (1.0, True), UPSTREAM: (4.0, True)})]
+        canvas = plot.bar_chart(rows, 'title')
+        _, _, decoded = decode_png(canvas.png())
+        plugin = max(colour_run(r, plot.COLOURS[PLUGIN]) for r in decoded)
+        upstream = max(colour_run(r, plot.COLOURS[UPSTREAM])
+                       for r in decoded)
+        self.assertAlmostEqual(4.0, upstream / plugin, delta=0.1)
+
+    def test_missing_and_failed_values_are_marked(self):
+        rows = [('a', {PLUGIN: (1.0, False), UPSTREAM: (None, False)}),
+                ('b', {PLUGIN: (2.0, True)})]
+        canvas = plot.bar_chart(rows, 'title')
+        reds = sum(1 for y in range(canvas.height)
+                   for x in range(canvas.width)
+                   if canvas.pixel(x, y) == plot.RED)
+        self.assertGreater(reds, 0)
+        clean = plot.bar_chart([('a', {PLUGIN: (1.0, True),
+                                       UPSTREAM: (2.0, True)})], 'title')
+        self.assertNotIn(bytes(plot.RED), bytes(clean.pixels))
+
+    def test_write_plot_from_results(self):
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'latency.png')
+        canvas = plot.write_plot(path, sample_results(), 'main job')
+        with open(path, 'rb') as f:
+            width, height, _ = decode_png(f.read())
+        self.assertEqual((canvas.width, canvas.height), (width, height))
+        rows = plot.rows_from_results(sample_results())
+        self.assertEqual(['boot', 'guest poweroff', 'pause resume'],
+                         [label for label, _ in rows])
+        self.assertEqual({PLUGIN: (0.13, True), UPSTREAM: (None, False)},
+                         rows[2][1])
+
+
+class CliTest(base.TestCase):
+
+    def parse_error(self, argv):
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        exc = self.assertRaises(SystemExit, cli.parse_args, argv)
+        self.assertEqual(2, exc.code)
+        stderr.seek(0)
+        return stderr.read()
+
+    def test_defaults(self):
+        options = cli.parse_args([])
+        self.assertEqual([PLUGIN, UPSTREAM], options.drivers)
+        self.assertEqual(list(scenarios.SCENARIOS), options.selected)
+        self.assertEqual('fake', options.libvirt_uri)
+        self.assertFalse(options.real)
+        self.assertIsNone(options.plot)
+        self.assertIsNone(options.json)
+
+    def test_real_hypervisor(self):
+        options = cli.parse_args(['--libvirt-uri', 'qemu:///system',
+                                  '--guest-dir', '/tmp/guest'])
+        self.assertTrue(options.real)
+        self.assertEqual('/tmp/guest', options.guest_dir)
+
+    def test_drivers_keep_the_table_order(self):
+        options = cli.parse_args(['--drivers', 'upstream, plugin'])
+        self.assertEqual([PLUGIN, UPSTREAM], options.drivers)
+        self.assertEqual([UPSTREAM],
+                         cli.parse_args(['--drivers=upstream']).drivers)
+
+    def test_bad_drivers(self):
+        self.assertIn('--drivers', self.parse_error(['--drivers', 'kvm']))
+        self.assertIn('nothing', self.parse_error(['--drivers', ',']))
+
+    def test_scenarios_in_catalogue_order(self):
+        options = cli.parse_args(['--scenarios', 'soft-reboot,boot'])
+        self.assertEqual(['boot', 'soft-reboot'],
+                         [s.name for s in options.selected])
+
+    def test_unknown_scenario(self):
+        message = self.parse_error(['--scenarios', 'boot,reboot'])
+        self.assertIn('unknown scenario(s): reboot', message)
+
+    def test_default_paths_are_under_build(self):
+        self.assertEqual(
+            os.path.join('build', 'mainjob',
+                         'latency-nova34-eventlet-fake.png'),
+            cli.default_plot_path('34', 'eventlet', False))
+        self.assertEqual(
+            os.path.join('build', 'mainjob', 'logs-nova33-threading-real'),
+            cli.default_log_dir('33', 'threading', True))
+
+    def test_list_scenarios(self):
+        out = io.StringIO()
+        self.assertEqual(0, cli.main(['--list-scenarios'], stdout=out))
+        names = [line.split()[0] for line in out.getvalue().splitlines()]
+        self.assertEqual(list(scenarios.NAMES), names)
+
+
+class MeasureTest(base.TestCase):
+
+    def test_latency_is_the_largest_step(self):
+        m = scenarios.Measure()
+        m.step('pause', 10.0, 10.2, 9.9)
+        m.step('resume', 20.0, 20.5)
+        self.assertAlmostEqual(0.5, m.latency)
+        self.assertAlmostEqual(0.3, m.total)
+        self.assertEqual([], m.bound_problems())
+        m.plugin_bound(latency=0.4, total=0.2)
+        problems = m.bound_problems()
+        self.assertEqual(2, len(problems))
+        self.assertIn('change->API 0.50 s is over', problems[0])
+
+    def test_nothing_measured(self):
+        m = scenarios.Measure()
+        m.plugin_bound(latency=1.0)
+        self.assertIsNone(m.latency)
+        self.assertIsNone(m.total)
+        self.assertEqual([], m.bound_problems())
+
+
+class StandInEnv:
+    """What the runner asks of an environment, without Nova."""
+
+    def __init__(self):
+        self.settings = {'shutdown_timeout': 3}
+        self.calls = {}
+        self.ledger_problems = []
+        self.settled = 0
+
+    def manager_calls(self, uuid):
+        return self.calls.get(uuid, 0)
+
+    def plugin_problems(self):
+        return list(self.ledger_problems)
+
+    def settle_all(self):
+        self.settled += 1
+        return True
+
+
+class StandInDeployment(testtools.TestCase):
+    """Runs the body with a :class:`StandInEnv`, as a deployment would."""
+
+    env = None
+    setup_error = None
+
+    def __init__(self, driver, body, log_path):
+        super().__init__('run_body')
+        self._body = body
+        self._teardown_problems = []
+
+    def setUp(self):
+        super().setUp()
+        if self.setup_error:
+            raise RuntimeError(self.setup_error)
+
+    def run_body(self):
+        self._body(self.env)
+
+
+def make_scenario(name, run, stops_compute=False):
+    return scenarios.Scenario(name, name, run, stops_compute)
+
+
+class RunnerTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.env = StandInEnv()
+        self.useFixture(fixtures.MonkeyPatch(
+            __name__ + '.StandInDeployment.env', self.env))
+        self.out = io.StringIO()
+
+    def run_scenarios(self, selected, drivers=(PLUGIN,)):
+        found, settings = runner.run(list(drivers), selected,
+                                     StandInDeployment,
+                                     runner.Progress(self.out))
+        return found
+
+    def test_pass_fail_and_errors(self):
+        def ok(env, m):
+            m.step('x', 1.0, 1.25, 0.5)
+
+        def failing(env, m):
+            raise scenarios.ScenarioFailed('the API shows ACTIVE')
+
+        def broken(env, m):
+            raise KeyError('oops')
+
+        found = self.run_scenarios([make_scenario('ok', ok),
+                                    make_scenario('failing', failing),
+                                    make_scenario('broken', broken)])
+        self.assertEqual([True, False, False], [r.passed for r in found])
+        self.assertAlmostEqual(0.25, found[0].latency)
+        self.assertAlmostEqual(0.75, found[0].total)
+        self.assertEqual('the API shows ACTIVE', found[1].reason)
+        self.assertEqual("KeyError: 'oops'", found[2].reason)
+        lines = self.out.getvalue().splitlines()
+        words = [line.split()[1:] for line in lines]
+        self.assertEqual(1, words.count(['[plugin]', 'ok', 'start']))
+        self.assertEqual(1, words.count(['[plugin]', 'failing', 'start']))
+        self.assertTrue(any(w[:3] == ['[plugin]', 'failing', 'FAIL:'] and
+                            'the API shows ACTIVE' in line
+                            for w, line in zip(words, lines)))
+
+    def test_bounds_and_spurious_calls_fail_the_plugin_only(self):
+        def slow(env, m):
+            m.expect_calls({'id': 'u1'}, 1)
+            env.calls['u1'] = 2
+            m.step('x', 1.0, 4.0)
+            m.plugin_bound(latency=2.0)
+
+        found = self.run_scenarios([make_scenario('slow', slow)],
+                                   drivers=(PLUGIN, UPSTREAM))
+        plugin, upstream = found
+        self.assertEqual((PLUGIN, False, 1), (plugin.driver, plugin.passed,
+                                              plugin.spurious))
+        self.assertIn('1 spurious', plugin.reason)
+        self.assertIn('over the plugin\'s bound', plugin.reason)
+        self.assertEqual((UPSTREAM, True, 1), (upstream.driver,
+                                               upstream.passed,
+                                               upstream.spurious))
+
+    def test_late_calls_revise_the_verdict_before_the_compute_stops(self):
+        env = self.env
+
+        def quiet(env, m):
+            m.expect_calls({'id': 'u1'}, 0)
+
+        def stop_compute(env, m):
+            # A held event was delivered late, before the compute stopped.
+            self.assertEqual(1, env.settled)
+
+        real_settle = env.settle_all
+
+        def settle_all():
+            env.calls['u1'] = 1
+            return real_settle()
+
+        env.settle_all = settle_all
+        found = self.run_scenarios([
+            make_scenario('quiet', quiet),
+            make_scenario('stop', stop_compute, stops_compute=True)])
+        self.assertFalse(found[0].passed)
+        self.assertEqual(1, found[0].spurious)
+        self.assertTrue(found[1].passed, found[1].reason)
+        self.assertIn('revised after the held events', self.out.getvalue())
+
+    def test_ledger_problems_fail_the_plugin(self):
+        self.env.ledger_problems = ['ledger does not balance']
+        found = self.run_scenarios(
+            [make_scenario('ok', lambda env, m: None)],
+            drivers=(PLUGIN, UPSTREAM))
+        self.assertEqual([False, True], [r.passed for r in found])
+
+    def test_a_deployment_that_does_not_start(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            __name__ + '.StandInDeployment.setup_error', 'no placement'))
+        found = self.run_scenarios(
+            [make_scenario('a', lambda env, m: None),
+             make_scenario('b', lambda env, m: None)])
+        self.assertEqual([False, False], [r.passed for r in found])
+        self.assertIn('the deployment failed before it ran', found[0].reason)
+        self.assertIn('RuntimeError: no placement', found[0].reason)
