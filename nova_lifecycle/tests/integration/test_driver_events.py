@@ -6,6 +6,7 @@ the test's own connection.
 """
 
 import collections
+import statistics
 import threading
 import time
 from unittest import mock
@@ -24,10 +25,10 @@ NOVA_NAMES = {'STARTED': 'Started', 'RESUMED': 'Resumed',
               'SUSPENDED': 'Paused', 'STOPPED': 'Stopped'}
 
 
-def nova_names(libvirt_events):
-    """The Nova events libvirt's events become, in order."""
-    return [NOVA_NAMES[name.split('_')[0]] for name in libvirt_events
-            if name.split('_')[0] in NOVA_NAMES]
+def nova_timeline(entries):
+    """(time, Nova event) for libvirt's (time, event) entries, in order."""
+    return [(at, NOVA_NAMES[what.split('_')[0]]) for at, what in entries
+            if what.split('_')[0] in NOVA_NAMES]
 
 
 class TestHardReboot(driver_base.DriverTestCase):
@@ -105,21 +106,25 @@ class TestEventStorm(driver_base.DriverTestCase):
     """Many short-lived transient domains, created and destroyed at once.
 
     Every fourth domain is created again (same UUID) right after its
-    destroy, as a hard reboot would: its first STOPPED must be cancelled,
-    every other event delivered, in libvirt's order per domain. The
+    destroy, as a hard reboot would: its first STOPPED must be cancelled
+    (see ``_allowed``), every other event delivered, in libvirt's order
+    per domain. The
     daemon is taken exclusively: the storm fills both cores, which would
     skew the timings other tests measure meanwhile.
     """
 
     exclusive_daemon = True
-    stopped_event_delay = 5.0
+    # A re-creation came up to 5.4 s after the destroy's STOPPED on a
+    # loaded 2-core machine (20 createXML at once); see _allowed.
+    stopped_event_delay = 10.0
     DOMAINS = 200
     RECREATE_EVERY = 4
     # Native threads doing the libvirt calls; destroy mostly waits for
     # QEMU's exit to be reaped, so more threads than cores pay off.
     WORKERS = 20
     # Concrete bounds for the process during and after the storm.
-    RSS_GROWTH_KIB = 48 * 1024
+    # (Seen: +2.5 MiB, threads +24 with 20 storm threads.)
+    RSS_GROWTH_KIB = 16 * 1024
     EXTRA_THREADS = 6
 
     def _storm(self, uuids, errors):
@@ -151,6 +156,26 @@ class TestEventStorm(driver_base.DriverTestCase):
         return [native.Thread(target=work, daemon=True,
                               name='lifecycle-test-storm-%d' % i)
                 for i in range(self.WORKERS)]
+
+    def _allowed(self, sent, gaps):
+        """The sequences the manager may have got from libvirt's ``sent``.
+
+        A STOPPED whose domain was created again before its delay ran out
+        is cancelled by the new STARTED. Once the delay has run out it is
+        delivered, unless the re-check finds the domain there again
+        (libvirt shows it, paused, while QEMU starts, before STARTED):
+        both may happen then.
+        """
+        allowed = [[]]
+        for i, (at, event) in enumerate(sent):
+            choices = [[event]]
+            if event == 'Stopped' and i + 1 < len(sent):
+                gap = sent[i + 1][0] - at
+                gaps.append(gap)
+                choices = ([[]] if gap < self.stopped_event_delay - 0.1
+                           else [[], [event]])
+            allowed = [a + c for a in allowed for c in choices]
+        return allowed
 
     def _sweep(self, uuids):
         for domain_uuid in uuids:
@@ -195,29 +220,29 @@ class TestEventStorm(driver_base.DriverTestCase):
                stats)))
 
         # What libvirt sent, per domain, against what the manager got.
-        recreated = 0
+        gaps = []
+        not_delivered = 0
         for n, domain_uuid in enumerate(uuids):
             name = 'nlc-it-storm-%s' % domain_uuid[:13]
-            sent = nova_names(what for _, what in
-                              self.recorder.entries(name))
+            sent = nova_timeline(self.recorder.entries(name))
             incarnations = 2 if n % self.RECREATE_EVERY == 0 else 1
             self.assertEqual(['Started', 'Paused', 'Stopped'] * incarnations,
-                             sent, name)
-            # A STOPPED followed by the next creation's STARTED is
-            # cancelled; the last one is delivered.
-            expected = ['Started', 'Paused'] * (incarnations - 1) + sent[-3:]
-            self.assertEqual(expected, self.manager.names(domain_uuid),
-                             name)
-            recreated += incarnations - 1
+                             [event for _, event in sent], name)
+            got = self.manager.names(domain_uuid)
+            self.assertIn(got, self._allowed(sent, gaps), name)
+            not_delivered += len(sent) - len(got)
         self.assertEqual(created * 3, stats['received'])
-        self.assertEqual(created * 3 - recreated, stats['delivered'])
-        # Cancelled by the next creation's STARTED or, when that creation
-        # took longer than the delay (the domain exists, paused, while
-        # QEMU starts), by the re-check of the live domain.
-        self.assertEqual(recreated, stats['cancelled'])
+        self.assertEqual(created * 3 - not_delivered, stats['delivered'])
+        self.assertEqual(not_delivered, stats['cancelled'])
+        self.assertGreater(not_delivered, 0)
         self.assertLessEqual(set(stats['cancelled_by_reason']),
                              {'superseded by Started',
                               'domain is paused again'})
+        base.note(self, 'recreation', (
+            '%d STOPPED followed by a new creation after %.2f s at most '
+            '(median %.2f s); %d not delivered'
+            % (len(gaps), max(gaps), statistics.median(gaps),
+               not_delivered)))
         self.assertEqual(0, stats['failed'])
 
         # Nothing left behind in the pipeline, and the process bounded.
