@@ -497,7 +497,8 @@ class Guest:
 class IntegrationTestCase(base.TestCase):
     """Real libvirtd, real QEMU (TCG), the tiny guest."""
 
-    timeout = TEST_TIMEOUT
+    # The wait for the libvirtd lock comes on top of the test's own time.
+    timeout = TEST_TIMEOUT + LOCK_WAIT
 
     def setUp(self):
         super().setUp()

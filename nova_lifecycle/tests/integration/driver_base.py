@@ -167,7 +167,8 @@ class DriverTestCase(lc_base.TestCase):
     (os.uname, interfaces) that the driver must look at here.
     """
 
-    timeout = base.TEST_TIMEOUT
+    # The wait for the libvirtd lock comes on top of the test's own time.
+    timeout = base.TEST_TIMEOUT + base.LOCK_WAIT
     stopped_event_delay = 15.0
     stopped_event_grace = 2.0
     dispatch_workers = 16
