@@ -277,7 +277,14 @@ def libvirtd_pid():
 
 def kill_libvirtd(pid, timeout=WAIT):
     """SIGKILL libvirtd and wait until it is gone (QEMU survives it)."""
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        raise AssertionError(
+            'libvirtd (pid %d) vanished before the SIGKILL: something '
+            'outside this test suite restarted it (whatever restarts '
+            'libvirtd should hold %s exclusively, see DaemonLock)'
+            % (pid, LIBVIRTD_LOCK))
     deadline = time.monotonic() + timeout
     while _pid_alive(pid):
         if time.monotonic() >= deadline:

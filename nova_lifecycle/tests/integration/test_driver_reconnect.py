@@ -101,9 +101,10 @@ class TestLibvirtdKilled(driver_base.DriverTestCase):
         host = self.driver._host
         self.assertEqual(power_state.SHUTDOWN, host.get_guest(
             guest.instance).get_power_state(host))
-        # Nova's Host told the world while libvirt was unreachable.
-        self.assertTrue(self.notifier.fake_versioned_notifier
-                        .versioned_notifications)
+        # Nova's Host notified each failed attempt while libvirtd was away.
+        self.assertTrue(self.connect_errors)
+        self.assertTrue(all(killed_at < at < resync.at
+                            for at, _ in self.connect_errors))
 
         # Callbacks are registered again on the new connection: a new
         # domain's events reach the manager.
