@@ -36,6 +36,10 @@ class SingleRunner:
             self._thread.start()
             return True
 
+    @property
+    def name(self):
+        return self._name
+
     def is_running(self):
         with self._lock:
             return self._thread is not None

@@ -252,6 +252,29 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._stats_logger.stop()
         super().cleanup_host(host)
         self._pipeline.stop()
+        self._log_drained()
+
+    def _log_drained(self):
+        """One line at the end of cleanup_host: where every event ended.
+
+        Also names any of this driver's threads still running; either
+        that or an event still pending makes it a warning.
+        """
+        stats = self._pipeline.stats()
+        left = self._host.threads_alive() + self._pipeline.threads_alive()
+        left += [runner.name for runner in (
+            self._reconnector, self._resyncer, self._stats_logger)
+            if runner.is_running()]
+        LOG.log(logging.WARNING if stats['pending'] or left else logging.INFO,
+                'nova-lifecycle stopped: %(received)d events received, '
+                '%(delivered)d delivered, %(cancelled)d cancelled, '
+                '%(failed)d failed, %(pending)d pending; %(threads)s',
+                {'received': stats['received'],
+                 'delivered': stats['delivered'],
+                 'cancelled': stats['cancelled'],
+                 'failed': stats['failed'], 'pending': stats['pending'],
+                 'threads': ('threads still running: %s' % ', '.join(left)
+                             if left else 'no thread left')})
 
     def lifecycle_threads_alive(self):
         """Names of the plugin's threads still running (for tests, GMR)."""

@@ -89,6 +89,16 @@ class LifecycleHost(nova_host.Host):
         while not self._conn_stopping:
             self._dispatch_conn_event()
 
+    def threads_alive(self):
+        """Names of the host's threads still running."""
+        alive = []
+        if self._event_loop.is_alive():
+            alive.append(eventloop.THREAD_NAME)
+        thread = self._conn_thread
+        if thread is not None and thread.is_alive():
+            alive.append(CONN_THREAD_NAME)
+        return alive
+
     def cleanup(self, timeout=10):
         """Stop the libvirt loop and the connection-event thread.
 

@@ -53,6 +53,11 @@ def _uuid(event):
     return getattr(event, 'uuid', None)
 
 
+def _is_stopped(event):
+    return (isinstance(event, virtevent.LifecycleEvent) and
+            event.transition == virtevent.EVENT_LIFECYCLE_STOPPED)
+
+
 class EventPipeline:
     """Carries instance events to ``deliver`` in per-instance order.
 
@@ -130,6 +135,18 @@ class EventPipeline:
         self._delayed.shutdown(wait=True, cancel_pending=True)
         self._dispatcher.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+
+    def threads_alive(self):
+        """Names of the pipeline's threads still running."""
+        alive = []
+        if self._inbox.is_alive():
+            alive.append(self._name + '-inbox')
+        if self._delayed.is_alive():
+            alive.append(self._name + '-delayed')
+        # Native dispatch workers; a green pool's end with its shutdown.
+        alive.extend(sorted(thread.name for thread in getattr(
+            self._executor, '_threads', ()) if thread.is_alive()))
+        return alive
 
     def held_stops(self):
         """(instance uuid, seconds left) per held STOPPED, soonest first."""
@@ -340,6 +357,13 @@ class EventPipeline:
             self.ledger.cancel(future.result())
         elif future.result():
             self.ledger.deliver()
+        elif _is_stopped(event):
+            # The compute manager unregisters first when nova-compute
+            # stops; a STOPPED must not vanish without a word.
+            LOG.info('STOPPED event for instance %s dropped: no compute '
+                     'manager listens; the power state sync at the next '
+                     'start-up reconciles it.', event.uuid)
+            self.ledger.cancel(REASON_NO_LISTENER)
         else:
             LOG.debug('No listener for event %s of instance %s; dropped.',
                       event, event.uuid)

@@ -1,0 +1,158 @@
+"""Nova's own power-off never looks like an unexpected stop.
+
+The REST API stops a server whose guest takes its time to honour the ACPI
+request, or ignores it until Nova destroys the domain. In the middle of
+that power-off Nova's periodic ``_sync_power_states`` runs, in the order
+that could hurt most: it read the database rows before the stop, its bulk
+hypervisor query sees the guest still running, and its per-instance step
+runs under the instance's lock right after ``stop_instance`` released it,
+when the row says STOPPED. Trusting that query would make Nova
+``force_stop()`` the instance; lifecycle events also arrive meanwhile.
+There must be no stop() or force_stop() but the REST API's own, and the
+server must end SHUTOFF.
+"""
+
+import threading
+
+from nova.compute import power_state
+from nova.tests.fixtures import libvirt as fakelibvirt
+
+from nova_lifecycle.tests.functional import base
+from nova_lifecycle.tests.functional import shutdown_fixtures
+from nova_lifecycle.virt import events
+
+SUSPENDED_IOERROR = 2
+RESUMED_UNPAUSED = 0
+
+
+class PowerOffDuringSyncTest(base.LifecycleTestBase):
+
+    def setUp(self):
+        super().setUp()
+        self.guests = self.useFixture(shutdown_fixtures.AcpiGuests())
+        self.loop = self.useFixture(shutdown_fixtures.EventsOnLibvirtLoop())
+        self.start_lifecycle_compute()
+        self.loop.attach(self.connection)
+        self.server = self._create_server(networks='none')
+        self.uuid = self.server['id']
+        self.wait_for_no_pending()
+        self.api_calls.reset()
+        self.sync_decisions = self._record_sync_decisions()
+
+    def _record_sync_decisions(self):
+        """Power states the periodic sync handed to Nova's decision table.
+
+        The sync's step passes ``use_slave=True``; the lifecycle event
+        handler, the other caller, does not.
+        """
+        decisions = []
+        decide = self.manager._sync_instance_power_state
+
+        def recording(context, db_instance, vm_power_state,
+                      use_slave=False):
+            if use_slave:
+                decisions.append((db_instance.uuid, vm_power_state))
+            return decide(context, db_instance, vm_power_state,
+                          use_slave=use_slave)
+
+        self.manager._sync_instance_power_state = recording
+        self.addCleanup(delattr, self.manager, '_sync_instance_power_state')
+        return decisions
+
+    def start_periodic_sync(self):
+        """Nova's periodic sync, stopped right before its bulk query.
+
+        It has read the database rows (the server ACTIVE, no task).
+        """
+        held = self.useFixture(shutdown_fixtures.HeldCall(
+            self.driver, 'get_num_instances'))
+        thread = threading.Thread(
+            target=self.manager._sync_power_states,
+            args=(self.admin_context(),), name='test-periodic-sync')
+        thread.start()
+        self.addCleanup(thread.join, base.WAIT)
+        self.assertTrue(held.started.wait(base.WAIT))
+        return held, thread
+
+    def run_sync_in_the_middle(self, held, thread):
+        """The bulk query now, while Nova's power-off waits for the guest."""
+        self.assertEqual(base.RUNNING, self.domain(self.server)._state)
+        self.assertEqual(1, self.driver._stop_waiters.waiting())
+        held.proceed.set()
+        thread.join(base.WAIT)
+        self.assertFalse(thread.is_alive())
+        self.assertEqual(
+            power_state.RUNNING,
+            self.driver.recent_power_states().power_state(self.uuid))
+        # Its per-instance step waits for the instance's lock.
+        self.assertIn(self.uuid, self.manager._syncs_in_progress)
+
+    def emit(self, event, detail):
+        self.connection._emit_lifecycle(self.domain(self.server), event,
+                                        detail)
+
+    def assert_stopped_by_nova_alone(self):
+        self.wait_for_status(self.server, 'SHUTOFF')
+        self.assertNotEqual(base.RUNNING, self.domain(self.server)._state)
+        self.assertTrue(base.wait_until(
+            lambda: not self.manager._syncs_in_progress))
+        # The sync read the domain again: off, as the database says.
+        self.assertEqual([(self.uuid, power_state.SHUTDOWN)],
+                         self.sync_decisions)
+        self.wait_for_no_pending()
+        self.assertEqual([self.uuid], self.api_calls.made('stop'))
+        self.assertEqual([], self.api_calls.made(
+            'stop', by=self.manager.compute_api))
+        self.assertEqual([], self.api_calls.made('force_stop'))
+        self.assertEqual(('SHUTOFF', None), self.server_status(self.server))
+
+    def log_lines(self, text):
+        return [line for line in self.stdlog.logger.output.splitlines()
+                if text in line]
+
+    def test_guest_slow_to_honour_acpi(self):
+        sync, sync_thread = self.start_periodic_sync()
+        self.guests.slow(self.uuid, after=1.5, held=True)
+
+        self.api.post_server_action(self.uuid, {'os-stop': None})
+        self.assertTrue(self.guests.wait_for_press(self.uuid))
+        self.run_sync_in_the_middle(sync, sync_thread)
+        # The guest pauses on an I/O error and resumes meanwhile.
+        self.emit(events.SUSPENDED, SUSPENDED_IOERROR)
+        self.emit(events.RESUMED, RESUMED_UNPAUSED)
+        self.guests.release(self.uuid)
+
+        self.assert_stopped_by_nova_alone()
+        self.assertEqual(1, self.guests.presses(self.uuid))
+        self.assertEqual(['STARTED_BOOTED', 'SUSPENDED_IOERROR',
+                          'RESUMED_UNPAUSED', 'SHUTDOWN_GUEST',
+                          'STOPPED_SHUTDOWN'], self.events.of(self.server))
+        self.assertEqual(1, len(self.log_lines('woken by its event')))
+
+    def test_guest_ignoring_acpi_until_destroyed(self):
+        self.flags(shutdown_timeout=3)
+        self.flags(shutdown_retry_interval=1, group='compute')
+        sync, sync_thread = self.start_periodic_sync()
+        self.guests.ignoring(self.uuid)
+
+        self.api.post_server_action(self.uuid, {'os-stop': None})
+        self.assertTrue(self.guests.wait_for_press(self.uuid))
+        self.run_sync_in_the_middle(sync, sync_thread)
+        # The guest restarts on the power button instead of shutting down
+        # (an OS set to do so): the power-off is woken, finds the domain
+        # running, and goes on pressing.
+        self.emit(events.SHUTDOWN, events.SHUTDOWN_GUEST)
+        self.emit(events.STOPPED, events.STOPPED_SHUTDOWN)
+        self.emit(events.STARTED, 0)
+        self.assertTrue(self.guests.wait_for_press(self.uuid, count=2))
+
+        self.assert_stopped_by_nova_alone()
+        self.assertEqual(fakelibvirt.VIR_DOMAIN_SHUTOFF,
+                         self.domain(self.server)._state)
+        self.assertIn(self.guests.presses(self.uuid), (2, 3))
+        self.assertEqual(['SHUTDOWN_HOST', 'STOPPED_DESTROYED'],
+                         self.events.of(self.server)[-2:])
+        self.assertEqual(1, len(self.log_lines(
+            'Instance failed to shutdown in 3 seconds')))
+        # The restart's STOPPED was superseded by its STARTED.
+        self.assertGreaterEqual(self.stopped_cancelled(), 1)
