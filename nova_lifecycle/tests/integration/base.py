@@ -67,6 +67,7 @@ DOMAIN_TEMPLATE = os.path.normpath(
     os.path.join(_TOOLS, 'guest-domain.xml.template'))
 # What tools/libvirt-setup.sh records about the daemons it started.
 SETUP_STATE = '/var/run/libvirt/nova-lifecycle-started'
+LIBVIRTD_CONF = '/etc/libvirt/libvirtd.conf'
 # Where libvirtd keeps one log per QEMU domain, transient ones included.
 QEMU_LOG_DIR = '/var/log/libvirt/qemu'
 
@@ -311,6 +312,20 @@ def remove_qemu_log(name):
         os.unlink(os.path.join(QEMU_LOG_DIR, name + '.log'))
     except FileNotFoundError:
         pass
+
+
+def daemon_keepalive(path=LIBVIRTD_CONF):
+    """libvirtd's (keepalive_interval, keepalive_count) for its clients."""
+    settings = {'keepalive_interval': 5, 'keepalive_count': 5}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.partition('=')
+                if sep and key.strip() in settings:
+                    settings[key.strip()] = int(value.split('#')[0])
+    except FileNotFoundError:
+        pass
+    return settings['keepalive_interval'], settings['keepalive_count']
 
 
 def proc_status(field):
