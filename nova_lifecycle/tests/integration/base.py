@@ -276,6 +276,18 @@ def libvirtd_pid():
     return pid if _pid_alive(pid) else None
 
 
+def open_connection(uri=URI, timeout=RESTART_WAIT):
+    """A connection to libvirtd, waiting (bounded) while it restarts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
+
+
 def kill_libvirtd(pid, timeout=WAIT):
     """SIGKILL libvirtd and wait until it is gone (QEMU survives it)."""
     try:

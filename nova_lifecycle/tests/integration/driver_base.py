@@ -287,9 +287,9 @@ class DriverTestCase(lc_base.TestCase):
         """The test's own connection; its callbacks record libvirt's events.
 
         Served by the plugin's event loop thread (the process has one
-        libvirt event loop).
+        libvirt event loop). Waits for libvirtd if it is restarting.
         """
-        conn = libvirt.open(base.URI)
+        conn = base.open_connection()
         conn.domainEventRegisterAny(None,
                                     libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self.recorder.lifecycle, None)
