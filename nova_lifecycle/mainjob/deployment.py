@@ -26,6 +26,7 @@ import types
 import fixtures
 from nova.compute import manager as compute_manager
 from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.tests.functional.api import client
 from nova.tests.functional.libvirt import base as libvirt_base
 from nova.virt.libvirt import host as nova_host
 
@@ -227,6 +228,27 @@ class Environment:
         self.servers.append(server)
         return server
 
+    def delete_servers(self, timeout=scenarios.WAIT * 2):
+        """Delete every server booted so far and wait until they are gone."""
+        servers, self.servers = self.servers, []
+        for server in servers:
+            self.api.delete_server(server['id'])
+        deadline = self.now() + timeout
+        for server in servers:
+            while True:
+                try:
+                    shown = self.api.get_server(server['id'])
+                except client.OpenStackApiNotFoundException:
+                    break
+                if shown['status'] == 'ERROR':
+                    raise scenarios.ScenarioFailed(
+                        'server %s went to ERROR while deleted' % server['id'])
+                if self.now() >= deadline:
+                    raise scenarios.ScenarioFailed(
+                        'server %s still %s %.0f s after its delete'
+                        % (server['id'], shown['status'], timeout))
+                time.sleep(POLL * 4)
+
     def act(self, server, body):
         """POST a server action; the time just before the request."""
         requested = self.now()
@@ -387,6 +409,7 @@ class DeploymentMixin:
                 _REAL_INIT_EVENTS))
             self.useFixture(UpstreamEventThreads())
         self.hv = self._set_up_hypervisor()
+        self.addCleanup(self._clean_up_hypervisor)
         self._threads_before = set(plugin_threads())
         self.compute_service = self._start_compute_service()
         self.addCleanup(self._stop_compute)
@@ -412,6 +435,8 @@ class DeploymentMixin:
             self.compute_stopped = True
             self.compute_service.stop()
             self._teardown_problems.extend(self.after_compute_stop())
+
+    def _clean_up_hypervisor(self):
         self._teardown_problems.extend(self.hv.cleanup())
 
     def after_compute_stop(self):

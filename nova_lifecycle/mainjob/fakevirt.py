@@ -208,6 +208,8 @@ class FakeHypervisor:
     # periodic one (sync_power_state_interval, 600 s by default), so this
     # wait fails it.
     restart_wait = 12.0
+    # Fake servers cost nothing: they stay until the deployment ends.
+    delete_servers = False
 
     def __init__(self, timeline, guests):
         self.timeline = timeline
@@ -298,6 +300,10 @@ class FakeHypervisor:
         finally:
             self._up = True
         return changed
+
+    def interference(self, since):
+        """Nothing but the main job touches the fake."""
+        return None
 
     def wait_ready(self, server):
         """A fake guest is ready as soon as its domain runs."""

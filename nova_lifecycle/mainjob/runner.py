@@ -106,7 +106,22 @@ class DriverRun:
             if scenario.stops_compute:
                 self._finalise(env)
             self._run_one(env, scenario)
+            if env.hv.delete_servers and not scenario.stops_compute:
+                # Real guests cost CPU, memory and the host's VCPUs: once
+                # every held event was handled, delete them.
+                self._finalise(env)
+                self._delete_servers(env)
         self._finalise(env)
+
+    def _delete_servers(self, env):
+        result = self.results[-1]
+        try:
+            env.delete_servers()
+        except scenarios_mod.ScenarioFailed as exc:
+            problem = 'deleting its servers failed: %s' % exc
+            result.passed = False
+            result.reason = '; '.join(filter(None, [result.reason, problem]))
+            self._say(result.scenario, 'FAIL: ' + problem)
 
     def _run_one(self, env, scenario):
         self._say(scenario.name, 'start')
@@ -126,6 +141,10 @@ class DriverRun:
             latency=measure.latency, total=measure.total,
             steps=[(label, latency) for label, latency, _ in measure.steps],
             seconds=time.monotonic() - started)
+        if error is not None:
+            interference = env.hv.interference(started)
+            if interference:
+                error = '%s (%s)' % (error, interference)
         measure.error = error
         self._judge(env, result, measure)
         self.results.append(result)

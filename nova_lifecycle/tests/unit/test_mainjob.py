@@ -298,14 +298,32 @@ class MeasureTest(base.TestCase):
         self.assertEqual([], m.bound_problems())
 
 
+class StandInHypervisor:
+
+    def __init__(self):
+        self.delete_servers = False
+        self.interfered = None
+
+    def interference(self, since):
+        return self.interfered
+
+
 class StandInEnv:
     """What the runner asks of an environment, without Nova."""
 
     def __init__(self):
         self.settings = {'shutdown_timeout': 3}
+        self.hv = StandInHypervisor()
         self.calls = {}
         self.ledger_problems = []
         self.settled = 0
+        self.deleted = 0
+        self.delete_error = None
+
+    def delete_servers(self):
+        self.deleted += 1
+        if self.delete_error:
+            raise scenarios.ScenarioFailed(self.delete_error)
 
     def manager_calls(self, uuid):
         return self.calls.get(uuid, 0)
@@ -432,6 +450,34 @@ class RunnerTest(base.TestCase):
             [make_scenario('ok', lambda env, m: None)],
             drivers=(PLUGIN, UPSTREAM))
         self.assertEqual([False, True], [r.passed for r in found])
+
+    def test_real_servers_are_deleted_after_each_scenario(self):
+        self.env.hv.delete_servers = True
+        self.env.delete_error = None
+        found = self.run_scenarios([
+            make_scenario('a', lambda env, m: None),
+            make_scenario('stop', lambda env, m: None, stops_compute=True)])
+        # Not after the scenario that stopped the compute.
+        self.assertEqual(1, self.env.deleted)
+        self.assertEqual([True, True], [r.passed for r in found])
+        self.env.delete_error = 'server still ACTIVE'
+        found = self.run_scenarios([make_scenario('b', lambda env, m: None)])
+        self.assertFalse(found[0].passed)
+        self.assertIn('deleting its servers failed: server still ACTIVE',
+                      found[0].reason)
+
+    def test_a_failure_names_what_else_touched_the_hypervisor(self):
+        self.env.hv.interfered = 'libvirtd was unreachable for 2.0 s'
+
+        def failing(env, m):
+            raise scenarios.ScenarioFailed('the API shows ACTIVE')
+
+        found = self.run_scenarios([
+            make_scenario('failing', failing),
+            make_scenario('ok', lambda env, m: None)])
+        self.assertEqual('the API shows ACTIVE (libvirtd was unreachable '
+                         'for 2.0 s)', found[0].reason)
+        self.assertEqual('', found[1].reason)
 
     def test_a_deployment_that_does_not_start(self):
         self.useFixture(fixtures.MonkeyPatch(
