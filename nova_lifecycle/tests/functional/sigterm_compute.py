@@ -1,0 +1,186 @@
+"""A nova-compute process on the plugin that a test can SIGTERM.
+
+Usage: ``python -m nova_lifecycle.tests.functional.sigterm_compute DIR``
+
+What runs, all in this one process (oslo.messaging's ``fake://`` transport
+only connects services of one process):
+
+* Nova's functional deployment (``LifecycleTestBase.setUp``): in-memory
+  SQLite databases, API, conductor, scheduler, the placement fixture, and
+  one nova-compute, ``compute1``, with the plugin's driver on Nova's fake
+  libvirt; its lifecycle callbacks run on the driver's libvirt event-loop
+  thread (:class:`EventsOnLibvirtLoop`);
+* ``SERVERS`` servers booted through the API;
+* a test hook: a thread that keeps libvirt sending lifecycle events
+  (PAUSED/RESUMED pairs; the manager's handler costs ``HANDLER_COST``
+  seconds each, so a backlog builds up) and, first, a STOPPED_DESTROYED
+  for ``HELD`` of the servers (not guest-initiated: held for
+  ``stopped_event_delay``, still held when the service stops);
+* then, as ``nova.cmd.compute.main`` does, ``nova.service.serve(server,
+  workers=1, no_fork=True)`` and ``nova.service.wait()``: oslo.service's
+  launcher installs its SIGTERM handler, which stops the service (Nova's
+  graceful shutdown, bounded by ``graceful_shutdown_timeout`` through
+  SIGALRM). The fixture already started the service, so the launcher's
+  ``start`` is skipped.
+
+Once the launcher handles SIGTERM and the burst is being processed, the
+process writes ``DIR/ready.json`` (the held servers' UUIDs and the ledger
+at that moment); its log, at INFO, goes to ``DIR/compute.log``.
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+# Nova's test packages choose the concurrency mode first.
+from nova_lifecycle.tests.functional import base  # noqa: I100,I202
+
+import nova.conf  # noqa: I100
+from nova import service as nova_service
+from oslo_service import opts as service_opts
+
+from nova_lifecycle.tests.functional import shutdown_fixtures
+from nova_lifecycle.virt import events
+
+GRACEFUL_SHUTDOWN_TIMEOUT = 10
+MANAGER_SHUTDOWN_TIMEOUT = 2
+SERVERS = 12
+HELD = 4
+HANDLER_COST = 0.005
+# Keep at most this many events waiting for dispatch, so the burst lasts
+# until the service stops without growing without bound.
+BACKLOG = 400
+# The burst ends here if the service never stops.
+MAX_EVENTS = 100000
+BOOT_TIMEOUT = 90
+HOST = 'compute1'
+LOG_FORMAT = '%(asctime)s %(process)d %(levelname)s [%(name)s] %(message)s'
+
+
+class _Deployment(base.LifecycleTestBase):
+    """Nova's functional deployment, set up outside a test runner."""
+
+    def runTest(self):
+        pass
+
+
+def _log_to(path):
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
+def _boot(deployment):
+    body = deployment._build_server(networks='none')
+    body.update(min_count=SERVERS, max_count=SERVERS)
+    deployment.api.post_server({'server': body})
+    servers = [s for s in deployment.api.get_servers()
+               if s['name'].startswith(body['name'])]
+    if not base.wait_until(lambda: all(
+            deployment.api.get_server(s['id'])['status'] == 'ACTIVE'
+            for s in servers), timeout=BOOT_TIMEOUT, interval=0.5):
+        raise RuntimeError('servers not ACTIVE after %ss' % BOOT_TIMEOUT)
+    return [s['id'] for s in servers]
+
+
+def _slow_listener(driver):
+    """The manager's handler, costing HANDLER_COST per event."""
+    handle = driver._compute_event_callback
+
+    def slow(event):
+        time.sleep(HANDLER_COST)  # what the handler costs, not a wait
+        return handle(event)
+
+    driver._compute_event_callback = slow
+
+
+class Burst:
+    """Keeps libvirt sending lifecycle events until its loop stops."""
+
+    def __init__(self, driver, connection, uuids):
+        self._driver = driver
+        self._conn = connection
+        self._domains = [connection.lookupByUUIDString(u) for u in uuids]
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, name='test-burst',
+                                       daemon=True)
+
+    def destroy_behind_novas_back(self, uuids):
+        for uuid in uuids:
+            dom = self._conn.lookupByUUIDString(uuid)
+            self._conn._emit_lifecycle(dom, events.SHUTDOWN,
+                                       events.SHUTDOWN_HOST)
+            shutdown_fixtures.mark_stopped(self._conn, dom,
+                                           events.STOPPED_DESTROYED)
+
+    def _run(self):
+        loop = self._driver._host._event_loop
+        while loop.is_alive() and self.sent < MAX_EVENTS:
+            if self.sent - self._driver.lifecycle_stats()['delivered'] > \
+                    BACKLOG:
+                # Pace the generator (and let green threads run).
+                time.sleep(0.01)
+                continue
+            dom = self._domains[self.sent // 2 % len(self._domains)]
+            if self.sent % 2:
+                self._conn._emit_lifecycle(dom, events.RESUMED, 0)
+            else:
+                self._conn._emit_lifecycle(dom, events.SUSPENDED, 0)
+            self.sent += 1
+
+
+def _announce_when_ready(path, driver, held, burst):
+    """Write ``path`` once SIGTERM is handled and the burst is queued."""
+    def ready():
+        return (signal.getsignal(signal.SIGTERM) not in
+                (signal.SIG_DFL, None) and
+                driver.lifecycle_stats()['dispatch_queue'] > 0 and
+                len(driver._pipeline.held_stops()) == len(held))
+
+    while not ready():
+        time.sleep(0.05)
+    data = {'held': held, 'stats': driver.lifecycle_stats(),
+            'sent': burst.sent, 'pid': os.getpid()}
+    with open(path + '.tmp', 'w') as f:
+        json.dump(data, f)
+    os.rename(path + '.tmp', path)
+
+
+def main(workdir):
+    deployment = _Deployment()
+    deployment.setUp()
+    # The launcher owns SIGALRM (graceful_shutdown_timeout): cancel the
+    # test timeout's alarm.
+    signal.alarm(0)
+    _log_to(os.path.join(workdir, 'compute.log'))
+    service_opts.register_service_opts(nova.conf.CONF)
+    deployment.flags(graceful_shutdown_timeout=GRACEFUL_SHUTDOWN_TIMEOUT,
+                     manager_shutdown_timeout=MANAGER_SHUTDOWN_TIMEOUT)
+    loop = deployment.useFixture(shutdown_fixtures.EventsOnLibvirtLoop())
+    compute = deployment.start_lifecycle_compute(HOST)
+    driver = deployment.driver
+    loop.attach(deployment.connection)
+    uuids = _boot(deployment)
+    _slow_listener(driver)
+    burst = Burst(driver, deployment.connection, uuids[HELD:])
+    burst.destroy_behind_novas_back(uuids[:HELD])
+    burst.thread.start()
+    announcer = threading.Thread(
+        target=_announce_when_ready, name='test-ready', daemon=True,
+        args=(os.path.join(workdir, 'ready.json'), driver, uuids[:HELD],
+              burst))
+    announcer.start()
+    # nova-compute's own ending: the launcher runs the service until a
+    # signal stops it. The deployment already started it.
+    compute.start = lambda: None
+    nova_service.serve(compute, workers=1, no_fork=True)
+    nova_service.wait()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
