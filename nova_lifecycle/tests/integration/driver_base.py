@@ -372,7 +372,19 @@ class DriverTestCase(lc_base.TestCase):
                                cmdline, console, on_crash)
 
     def remove_domain(self, instance_uuid):
-        """Destroy and undefine, whichever of the two is left to do."""
+        """Destroy and undefine, whichever of the two is left to do.
+
+        Tried again once on a new connection if libvirtd went away
+        meanwhile (something restarted it).
+        """
+        try:
+            self._remove_domain(instance_uuid)
+        except libvirt.libvirtError:
+            if self.conn.isAlive():
+                raise
+            self._remove_domain(instance_uuid)
+
+    def _remove_domain(self, instance_uuid):
         dom = self._lookup(instance_uuid)
         if dom is None:
             return
