@@ -32,9 +32,8 @@ TRACKED_METHODS = (
 class DriverOperations:
     """Counts the driver operations in progress per instance UUID.
 
-    ``on_idle(uuid, names)`` is called (outside the lock) when the last
-    operation on an instance ends, with the names of the operations that
-    were running.
+    ``on_idle(uuid, name)`` is called (outside the lock) when the last
+    operation on an instance ends, with the name of that operation.
     """
 
     def __init__(self, on_idle=None):

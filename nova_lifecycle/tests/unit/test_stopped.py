@@ -8,6 +8,7 @@ from nova import test
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.virt import event as virtevent
 from nova.virt import fake
+from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_lifecycle import conf
 from nova_lifecycle.tests import base
@@ -76,6 +77,21 @@ class DriverOperationsTest(base.TestCase):
                       instance=Instance())
         self.assertEqual([['power_off'], ['reboot']], seen)
         self.assertEqual({}, driver._operations.busy())
+
+
+class TrackedMethodsTest(base.TestCase):
+
+    def test_every_tracked_method_is_nova_libvirt_drivers_and_wrapped(self):
+        """Each name in TRACKED_METHODS is tracked on the plugin's driver.
+
+        tracking_operations skips names the class lacks, so a Nova release
+        that renamed one of these methods would silently stop tracking it.
+        """
+        for name in operations.TRACKED_METHODS:
+            upstream = vars(libvirt_driver.LibvirtDriver).get(name)
+            self.assertIsNotNone(upstream, name)
+            ours = getattr(lc_driver.LibvirtLifecycleDriver, name)
+            self.assertIs(upstream, ours.__wrapped__, name)
 
 
 def stopped_event(detail, shutdown_detail=None, uuid=UUID):
