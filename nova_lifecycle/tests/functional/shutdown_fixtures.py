@@ -17,6 +17,7 @@ migration. These fixtures give the shutdown tests what a host has:
 """
 
 import collections
+import math
 import threading
 import time
 from urllib import parse
@@ -26,6 +27,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.virt import events
+from nova_lifecycle.virt import shutdown
 
 # Seconds a held call or a fixture thread may wait before giving up.
 HOLD_TIMEOUT = 60
@@ -128,7 +130,10 @@ class AcpiGuests(fixtures.Fixture):
 
     A guest not configured here behaves as Nova's fake (off at once).
     ``slow(uuid, after)`` powers off ``after`` seconds after the first
-    press, and not before ``release(uuid)`` when ``held``;
+    press; when ``held``, not before ``release(uuid)``, and then a whole
+    number of the power-off's re-read intervals later, so that with
+    ``after`` half an interval the guest goes off half-way between two
+    re-reads of the domain, and what ends the wait is its event.
     ``ignoring(uuid)`` never reacts (Nova destroys the domain at the end
     of its timeout). Powering off sends what libvirt sends for a guest's
     ACPI shutdown: SHUTDOWN_GUEST, then STOPPED_SHUTDOWN.
@@ -189,7 +194,12 @@ class AcpiGuests(fixtures.Fixture):
     def _power_off(self, dom, guest, pressed_at):
         if not guest.released.wait(HOLD_TIMEOUT):
             return
-        left = pressed_at + guest.after - time.monotonic()
+        due = pressed_at + guest.after
+        late = time.monotonic() - due
+        if late > 0:
+            due += math.ceil(late / shutdown.RECHECK_INTERVAL) * \
+                shutdown.RECHECK_INTERVAL
+        left = due - time.monotonic()
         if left > 0:
             time.sleep(left)  # the guest's own shutdown takes this long
         if dom._state != RUNNING:

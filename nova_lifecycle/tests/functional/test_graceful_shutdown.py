@@ -43,6 +43,7 @@ from oslo_utils import fileutils
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
 from nova_lifecycle.virt import events
+from nova_lifecycle.virt import shutdown
 
 # Nova 34 tracks the manager's tasks and skips periodic tasks during a
 # graceful shutdown; nova 33 waits a fixed time.
@@ -54,6 +55,10 @@ OPERATION_TIMEOUT = 60
 # the RPC servers anyway; nova 33 sleeps that long in it, where Nova's test
 # configuration has 0.
 MANAGER_SHUTDOWN_TIMEOUT = 30 if NOVA_TRACKS_TASKS else 0
+
+# A slow guest powers off half-way between two re-reads of its domain by
+# the power-off: only its STOPPED event can end the wait then.
+HALF_RECHECK = shutdown.RECHECK_INTERVAL / 2
 
 DRAIN_LINE = ('Pending STOPPED event for instance %s dropped by shutdown; '
               'the power state sync at the next start-up reconciles it.')
@@ -330,7 +335,7 @@ class NovaScenariosTest(GracefulShutdownBase):
         """The guest's ACPI shutdown ends during the source's shutdown."""
         server = self._create_server(host='src', networks='none')
         waiting, release = self.hold_manager_shutdown(self.src)
-        self.guests.slow(server['id'], after=0, held=True)
+        self.guests.slow(server['id'], after=HALF_RECHECK, held=True)
         self.api.post_server_action(server['id'], {'migrate': None})
         self.assertTrue(self.guests.wait_for_press(server['id']))
 
@@ -618,7 +623,7 @@ if NOVA_TRACKS_TASKS:
 
         def test_cold_migration_dest_shutdown_before_resize_instance(self):
             server = self._create_server(host='src', networks='none')
-            self.guests.slow(server['id'], after=0, held=True)
+            self.guests.slow(server['id'], after=HALF_RECHECK, held=True)
             self.api.post_server_action(server['id'], {'migrate': None})
             self.assertTrue(self.guests.wait_for_press(server['id']))
             self.assertIn(server['id'],
@@ -816,7 +821,7 @@ class DrainTest(GracefulShutdownBase):
         loop, the hold and the dispatcher of a compute shutting down.
         """
         server = self._create_server(host='src', networks='none')
-        self.guests.slow(server['id'], after=0.3)
+        self.guests.slow(server['id'], after=HALF_RECHECK)
         waiting, release = self.hold_manager_shutdown(self.src)
         cast = self.useFixture(shutdown_fixtures.HeldCall(
             self.dest.manager.compute_rpcapi, 'resize_instance'))
