@@ -61,6 +61,10 @@ class GreenPipeInbox:
         self._empty = native_queue.Empty
         self._signal_lock = patcher.original('threading').Lock()
         self._signalled = False
+        # Eventlet's os.write yields to the hub first; this one returns at
+        # once (at most one byte is ever unread), so it may run under the
+        # native lock, on any thread.
+        self._write = patcher.original('os').write
         read_fd, self._write_fd = os.pipe()
         self._reader = greenio.GreenPipe(read_fd, 'rb', 0)
         self._thread = None
@@ -73,18 +77,23 @@ class GreenPipeInbox:
         self._thread.start()
 
     def put(self, item):
-        if self._stopped:
-            raise RuntimeError('%s is stopped' % self._name)
-        self._items.put(item)
+        # All under the native lock: once stop() has flagged the inbox
+        # nothing more gets in, and no byte goes to a pipe it closed.
         with self._signal_lock:
+            if self._stopped:
+                raise RuntimeError('%s is stopped' % self._name)
+            self._items.put(item)
             if self._signalled:
                 return
             self._signalled = True
-        os.write(self._write_fd, b'.')
+            self._write(self._write_fd, b'.')
 
     def stop(self, timeout=None):
         """Let the reader handle what was put so far, then end it.
 
+        What a native thread put while the reader was ending is handled
+        here, on the caller's thread; afterwards ``put`` refuses, so an
+        item is either handled or refused, never dropped.
         Not for concurrent calls: the owner serialises them.
         """
         if self._stopped:
@@ -94,7 +103,10 @@ class GreenPipeInbox:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 return False
-        self._stopped = True
+        with self._signal_lock:
+            self._stopped = True
+        while not self._handle_queued():
+            pass
         self._reader.close()
         os.close(self._write_fd)
         return True
@@ -108,17 +120,22 @@ class GreenPipeInbox:
                 return
             with self._signal_lock:
                 self._signalled = False
-            while True:
-                try:
-                    item = self._items.get_nowait()
-                except self._empty:
-                    break
-                if item is _STOP:
-                    return
-                try:
-                    self._handler(item)
-                except Exception:
-                    LOG.exception('%s: handling %r failed', self._name, item)
+            if not self._handle_queued():
+                return
+
+    def _handle_queued(self):
+        """Handle the queued items; False on reaching the stop marker."""
+        while True:
+            try:
+                item = self._items.get_nowait()
+            except self._empty:
+                return True
+            if item is _STOP:
+                return False
+            try:
+                self._handler(item)
+            except Exception:
+                LOG.exception('%s: handling %r failed', self._name, item)
 
 
 def make_inbox(handler, name, green):

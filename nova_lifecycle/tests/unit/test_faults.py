@@ -918,6 +918,41 @@ class ExecutorFaultTest(test_pipeline.PipelineTestCase):
         self.assertEqual(2, stats['delivered'])
 
 
+class InboxFaultTest(test_pipeline.PipelineTestCase):
+
+    def test_event_put_just_as_the_inbox_stops_is_not_lost(self):
+        p = self.make()
+        late = test_pipeline.lifecycle(test_pipeline.UUID_A,
+                                       test_pipeline.PAUSED)
+        stop_inbox = p._inbox.stop
+
+        def stop_with_a_late_put(timeout=None):
+            # libvirt's loop puts one more event while the inbox stops:
+            # under eventlet, right after its reader took the stop marker.
+            reader = getattr(p._inbox, '_thread', None)
+            if reader is None:
+                p.queue_event(late)
+            else:
+                join = reader.join
+
+                def join_then_put(timeout=None):
+                    join(timeout)
+                    p.queue_event(late)
+
+                reader.join = join_then_put
+            return stop_inbox(timeout)
+
+        p._inbox.stop = stop_with_a_late_put
+        p.stop()
+        stats = p.ledger.snapshot()
+        self.assertEqual(1, stats['received'], stats)
+        self.assertEqual(1, stats['delivered'], stats)
+        self.assertEqual([late], self.recorder.events)
+        if not concurrency.threading_mode():
+            # Once stopped, the inbox refuses instead of dropping.
+            self.assertRaises(RuntimeError, p.queue_event, late)
+
+
 class DelayedExecutorFaultTest(base.TestCase):
     """A held task's real executor cancels or breaks: its Future ends."""
 
