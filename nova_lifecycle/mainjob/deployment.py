@@ -28,6 +28,7 @@ from nova.compute import manager as compute_manager
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.api import client
 from nova.tests.functional.libvirt import base as libvirt_base
+from nova.virt import driver as virt_driver
 from nova.virt.libvirt import host as nova_host
 
 from nova_lifecycle import concurrency
@@ -122,14 +123,27 @@ def _remove_timer(timer, opaque):
 class UpstreamEventThreads(fixtures.Fixture):
     """Upstream's libvirt event threads, running until :meth:`stop`.
 
-    Upstream's Host runs libvirt's event loop, the eventlet dispatcher and
-    the connection-event dispatcher in endless loops; these versions check
-    a flag between iterations, so that the harness's executors can shut
-    down after the compute stopped.
+    Nova's harness disables them (``Host._init_events``); this puts
+    Nova's method back. Upstream's Host runs libvirt's event loop, the
+    eventlet dispatcher and the connection-event dispatcher in endless
+    loops; these versions check a flag between iterations, so that the
+    harness's executors can shut down after the compute stopped. Every
+    Host that started them has them stopped in cleanup at the latest (a
+    compute that failed to start is never stopped).
     """
 
     def _setUp(self):
+        self.hosts = []
         prefix = 'nova.virt.libvirt.host.'
+        fixture = self
+
+        def init_events(host):
+            fixture.hosts.append(host)
+            return _REAL_INIT_EVENTS(host)
+
+        self.useFixture(fixtures.MonkeyPatch(prefix + 'Host._init_events',
+                                             init_events))
+        self.addCleanup(self._stop_all)
         for name, loop in (
                 ('_ThreadingLibvirtEventHandler._native_thread',
                  _native_loop),
@@ -138,6 +152,11 @@ class UpstreamEventThreads(fixtures.Fixture):
                  _dispatch_loop),
                 ('Host._conn_event_thread', _conn_loop)):
             self.useFixture(fixtures.MonkeyPatch(prefix + name, loop))
+
+    def _stop_all(self):
+        for host in self.hosts:
+            if not getattr(host, '_mainjob_stop', False):
+                self.stop(host)
 
     @staticmethod
     def stop(host, timeout=10):
@@ -158,6 +177,22 @@ class UpstreamEventThreads(fixtures.Fixture):
             return True
         thread.join(timeout)
         return not thread.is_alive()
+
+
+class LoadedDrivers(fixtures.Fixture):
+    """Keeps every compute driver nova-compute loads."""
+
+    def _setUp(self):
+        self.loaded = []
+        load = virt_driver.load_compute_driver
+
+        def loading(*args, **kwargs):
+            driver = load(*args, **kwargs)
+            self.loaded.append(driver)
+            return driver
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.driver.load_compute_driver', loading))
 
 
 class GracefulStop:
@@ -404,14 +439,24 @@ class DeploymentMixin:
         self.flags(manager_shutdown_timeout=manager_shutdown_timeout())
         self.api_calls = self.useFixture(func_base.ComputeApiCalls())
         if self.driver_kind == results.UPSTREAM:
-            self.useFixture(fixtures.MonkeyPatch(
-                'nova.virt.libvirt.host.Host._init_events',
-                _REAL_INIT_EVENTS))
             self.useFixture(UpstreamEventThreads())
         self.hv = self._set_up_hypervisor()
         self.addCleanup(self._clean_up_hypervisor)
         self._threads_before = set(plugin_threads())
-        self.compute_service = self._start_compute_service()
+        drivers = self.useFixture(LoadedDrivers())
+        try:
+            self.compute_service = self._start_compute_service()
+        except Exception:
+            # The driver may have started its threads in init_host; no
+            # service stop will ever wind them down.
+            for driver in drivers.loaded:
+                try:
+                    driver.cleanup_host(HOSTNAME)
+                except Exception as exc:
+                    self._teardown_problems.append(
+                        'cleanup_host after the failed start raised %r'
+                        % (exc,))
+            raise
         self.addCleanup(self._stop_compute)
         self.env = Environment(self)
 

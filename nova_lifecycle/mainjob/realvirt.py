@@ -541,6 +541,19 @@ def _pid_of(name):
     return None
 
 
+def wait_for_libvirtd(uri, timeout):
+    """Wait (bounded) until ``uri`` answers; raise if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            libvirt.open(uri).close()
+            return
+        except libvirt.libvirtError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def stop_libvirtd(timeout=15):
     """SIGTERM libvirtd and wait for it to exit (SIGKILL after timeout)."""
     pid = _pid_of('libvirtd')
@@ -594,4 +607,7 @@ class RealDeployment(deployment.DeploymentMixin,
         return hv
 
     def _start_compute_service(self):
+        # nova-compute refuses to start without libvirtd; a shared one may
+        # be restarting.
+        wait_for_libvirtd(self._uri, CLEANUP_WAIT)
         return self._start_compute(deployment.HOSTNAME)
