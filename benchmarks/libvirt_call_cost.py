@@ -39,6 +39,7 @@ STATS_STATE = 1
 # Domains are created and destroyed by this many threads at once: destroy
 # mostly waits for QEMU's exit to be reaped.
 WORKERS = 16
+THREAD_PREFIX = 'lifecycle-bench-domains'
 
 
 def _ms(seconds):
@@ -64,7 +65,8 @@ def create_domains(uri, count):
         finally:
             conn.close()
 
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+            WORKERS, thread_name_prefix=THREAD_PREFIX) as pool:
         list(pool.map(create, uuids))
     return uuids
 
@@ -81,7 +83,8 @@ def destroy_domains(uri, uuids):
             conn.close()
         base.remove_qemu_log('nlc-bench-%s' % domain_uuid[:13])
 
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(
+            WORKERS, thread_name_prefix=THREAD_PREFIX) as pool:
         list(pool.map(destroy, uuids))
 
 

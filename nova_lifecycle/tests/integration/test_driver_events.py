@@ -195,6 +195,7 @@ class TestEventStorm(driver_base.DriverTestCase):
         started = time.monotonic()
         for thread in threads:
             thread.start()
+            self.addCleanup(thread.join, base.WAIT)
         deadline = started + 240
         while any(t.is_alive() for t in threads):
             self.assertLess(time.monotonic(), deadline, 'storm too slow')
