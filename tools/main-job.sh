@@ -13,9 +13,10 @@
 #   tools/main-job.sh --libvirt-uri qemu:///system
 #                                           a real libvirtd + QEMU (TCG):
 #                                           also starts libvirtd
-#                                           (tools/libvirt-setup.sh) and
+#                                           (tools/libvirt-setup.sh),
 #                                           builds the test guest
-#                                           (tools/build-test-guest.sh)
+#                                           (tools/build-test-guest.sh) and
+#                                           installs qemu-img (qemu-utils)
 #
 # Every other argument goes to `python -m nova_lifecycle.mainjob` (e.g.
 # --scenarios boot,soft-reboot). NOVA_LIFECYCLE_MAINJOB_ENVS chooses the tox
@@ -40,6 +41,15 @@ done
 if [ "$real" -eq 1 ]; then
     ./tools/libvirt-setup.sh
     ./tools/build-test-guest.sh >/dev/null
+    # Nova reads and converts the guest's images with qemu-img.
+    if ! command -v qemu-img >/dev/null; then
+        echo "main-job: apt-get install qemu-utils"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                --no-install-recommends qemu-utils >/dev/null; then
+            echo "main-job: FAILED: cannot install qemu-utils" >&2
+            exit 1
+        fi
+    fi
 fi
 
 ENVS=${NOVA_LIFECYCLE_MAINJOB_ENVS:-mainjob-nova34,mainjob-nova33}
