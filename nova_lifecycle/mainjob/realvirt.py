@@ -234,6 +234,11 @@ class DomainWatcher:
                     return when
         return None
 
+    def state(self, uuid):
+        """The state last read ('running', 'paused', 'shutoff', 'gone')."""
+        with self._lock:
+            return self._watched[uuid][0]
+
     def outages_since(self, since):
         """Outages (start, end or None) that ended after ``since``."""
         with self._lock:
@@ -424,9 +429,7 @@ class RealHypervisor:
             time.sleep(POLL)
 
     def assert_running(self, server):
-        self._wait_state(server, 'running', 0, 0)
-        with self.watcher._lock:
-            state, _ = self.watcher._watched[server['id']]
+        state = self.watcher.state(server['id'])
         if state != 'running':
             raise scenarios.ScenarioFailed('domain %s, not running' % state)
 
@@ -476,10 +479,10 @@ class RealHypervisor:
                               for own_start, own_end in self._own_restarts)]
         if not foreign:
             return None
-        return ('libvirtd was unreachable %s during this scenario, and not '
-                'because of the main job' % ', '.join(
-                    'for %.1f s' % (end - start) if end else 'from %.1f s on'
-                    % (start - since) for start, end in foreign))
+        spells = ['%.1f s' % (end - start) if end is not None
+                  else 'still down' for start, end in foreign]
+        return ('libvirtd was unreachable during this scenario, not '
+                'stopped by the main job: %s' % ', '.join(spells))
 
     def cleanup(self):
         """Destroy and undefine the main job's domains; stop the watcher."""

@@ -51,6 +51,7 @@ class DriverRun:
         self.settings = {}
         self._open = []        # (Result, Measure) not final yet
         self._tracebacks = []
+        self._started = None   # when the current scenario started
 
     def _say(self, scenario, text):
         self._progress.line('[%s] %-20s %s' % (self.driver, scenario, text))
@@ -119,6 +120,9 @@ class DriverRun:
             env.delete_servers()
         except scenarios_mod.ScenarioFailed as exc:
             problem = 'deleting its servers failed: %s' % exc
+            interference = env.hv.interference(self._started)
+            if interference:
+                problem = '%s (%s)' % (problem, interference)
             result.passed = False
             result.reason = '; '.join(filter(None, [result.reason, problem]))
             self._say(result.scenario, 'FAIL: ' + problem)
@@ -126,7 +130,7 @@ class DriverRun:
     def _run_one(self, env, scenario):
         self._say(scenario.name, 'start')
         measure = scenarios_mod.Measure()
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         error = None
         try:
             scenario.run(env, measure)

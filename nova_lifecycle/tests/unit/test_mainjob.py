@@ -463,8 +463,12 @@ class RunnerTest(base.TestCase):
         self.env.delete_error = 'server still ACTIVE'
         found = self.run_scenarios([make_scenario('b', lambda env, m: None)])
         self.assertFalse(found[0].passed)
-        self.assertIn('deleting its servers failed: server still ACTIVE',
-                      found[0].reason)
+        self.assertEqual('deleting its servers failed: server still ACTIVE',
+                         found[0].reason)
+        self.env.hv.interfered = 'libvirtd was unreachable'
+        found = self.run_scenarios([make_scenario('c', lambda env, m: None)])
+        self.assertEqual('deleting its servers failed: server still ACTIVE '
+                         '(libvirtd was unreachable)', found[0].reason)
 
     def test_a_failure_names_what_else_touched_the_hypervisor(self):
         self.env.hv.interfered = 'libvirtd was unreachable for 2.0 s'
