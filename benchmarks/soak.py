@@ -46,6 +46,7 @@ It exits with status 1, naming the check, when:
 import argparse
 import collections
 import gc
+import math
 import os
 import random
 import statistics
@@ -94,6 +95,43 @@ def percentile(values, fraction):
         return float('nan')
     values = sorted(values)
     return values[int(round(fraction * (len(values) - 1)))]
+
+
+class Histogram:
+    """Latencies of the whole run in fixed memory: 1 % wide buckets.
+
+    Keeping every value would make the benchmark's own memory grow with
+    the run, which the memory check would then see.
+    """
+
+    FLOOR = 1e-5    # seconds; anything shorter counts as this
+    STEP = math.log(1.01)
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self.count = 0
+        self.max = float('nan')
+
+    def add_all(self, values):
+        for value in values:
+            self.counts[int(math.log(max(value, self.FLOOR) / self.FLOOR) /
+                            self.STEP)] += 1
+        if values:
+            self.count += len(values)
+            top = max(values)
+            self.max = top if self.max != self.max else max(self.max, top)
+
+    def percentile(self, fraction):
+        """Upper edge of the bucket holding that fraction of the values."""
+        if not self.count:
+            return float('nan')
+        rank = fraction * (self.count - 1)
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen > rank:
+                return self.FLOOR * math.exp((bucket + 1) * self.STEP)
+        return self.max
 
 
 class Domain:
@@ -159,8 +197,8 @@ class Soak:
         self.lock = threading.Lock()
         self.latencies = []       # events not held, this interval
         self.overruns = []        # held STOPPED, beyond their hold
-        self.all_latencies = []
-        self.all_overruns = []
+        self.all_latencies = Histogram()
+        self.all_overruns = Histogram()
         self.live = weakref.WeakSet()
         self.handler_rng = random.Random(args.seed + 1)
         self.guests = Guests(args.instances, random.Random(args.seed))
@@ -242,8 +280,8 @@ class Soak:
         with self.lock:
             latencies, self.latencies = self.latencies, []
             overruns, self.overruns = self.overruns, []
-            self.all_latencies.extend(latencies)
-            self.all_overruns.extend(overruns)
+            self.all_latencies.add_all(latencies)
+            self.all_overruns.add_all(overruns)
         return latencies, overruns
 
     def run(self):
@@ -347,10 +385,9 @@ class Soak:
         print('latency callback -> handler, whole run: p50 %.1f ms, p99 '
               '%.1f ms, max %.1f ms (%d events); held STOPPED beyond their '
               'hold: p99 %.1f ms, max %.1f ms (%d events)' % (
-                  1000 * percentile(lat, 0.5), 1000 * percentile(lat, 0.99),
-                  1000 * max(lat or [float('nan')]), len(lat),
-                  1000 * percentile(over, 0.99),
-                  1000 * max(over or [float('nan')]), len(over)))
+                  1000 * lat.percentile(0.5), 1000 * lat.percentile(0.99),
+                  1000 * lat.max, lat.count, 1000 * over.percentile(0.99),
+                  1000 * over.max, over.count))
 
         if self.loop_error is not None:
             failures.append('libvirt loop: %r' % (self.loop_error,))
