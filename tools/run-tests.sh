@@ -4,9 +4,11 @@
 # functional tests (nova's in-process deployment with the plugin as its
 # compute driver) against nova 33 and nova 34, each in both of nova's
 # concurrency modes (native threads, then eventlet); the integration tests
-# on a real libvirtd + QEMU (needs root: it installs and starts them); then
-# the OpenStack pieces (devstack plugin, Zuul config, release notes, docs).
-# Sets up what it needs first (tools/install-deps.sh).
+# on a real libvirtd + QEMU (needs root: it installs and starts them); the
+# all-in-one main job on Nova's fake libvirt and on the real libvirtd; a
+# 60 s soak of the event path; then the OpenStack pieces (devstack plugin,
+# Zuul config, release notes, docs). Sets up what it needs first
+# (tools/install-deps.sh). Each step's time is printed at the end.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,21 +19,46 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 status=0
-.venv-tools/bin/tox -e "$ENVS" 2>&1 | tee "$log" || status=$?
+timings=()
+# step NAME COMMAND...: runs it, output into the log, notes its time and
+# remembers a failure without stopping the other steps.
+step() {
+    local name=$1 start=$SECONDS rc=0
+    shift
+    echo "run-tests: == $name"
+    "$@" 2>&1 | tee -a "$log" || rc=$?
+    timings+=("$(printf '%-28s %4d s  %s' "$name" $((SECONDS - start)) \
+        "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")")")
+    if [ "$rc" -ne 0 ]; then
+        status=1
+    fi
+}
+
+step "tox $ENVS" .venv-tools/bin/tox -e "$ENVS"
 
 if [ -z "${NOVA_LIFECYCLE_TEST_ENVS:-}" ]; then
     # The integration suite on a real libvirtd + QEMU (TCG) with the tiny
     # guest; here a missing hypervisor is a failure, not a skip.
     if ./tools/libvirt-setup.sh && ./tools/build-test-guest.sh; then
-        NOVA_LIFECYCLE_REQUIRE_LIBVIRT=1 .venv-tools/bin/tox -e integration \
-            2>&1 | tee -a "$log" || status=$?
+        step "integration (real libvirtd)" \
+            env NOVA_LIFECYCLE_REQUIRE_LIBVIRT=1 .venv-tools/bin/tox \
+            -e integration
     else
         echo "run-tests: could not set up libvirtd and the test guest" >&2
         status=1
     fi
+    # The main job, as the README's first command runs it (Nova's fake
+    # libvirt, nova 34 and 33, both modes), then on the real libvirtd.
+    step "main job (fake libvirt)" ./tools/main-job.sh
+    step "main job (qemu:///system)" \
+        env NOVA_LIFECYCLE_MAINJOB_ENVS="${NOVA_LIFECYCLE_MAINJOB_REAL_ENVS:-mainjob-nova34}" \
+        ./tools/main-job.sh --libvirt-uri qemu:///system
+    # 60 s of sustained events per concurrency mode: the accounting
+    # identity holds, threads and memory stay flat.
+    step "soak (60 s x 2 modes)" .venv-tools/bin/tox -e soak-nova34
     # devstack plugin (bashate), Zuul config (yamllint + schema), release
     # notes (reno lint + build) and docs (sphinx -W).
-    ./tools/check-openstack-integration.sh || status=1
+    step "openstack integration" ./tools/check-openstack-integration.sh
 fi
 
 # stestr prints a Totals block per run; add them up into one closing line.
@@ -40,6 +67,7 @@ passed=$(count Passed)
 failed=$(count Failed)
 skipped=$(count Skipped)
 echo
+printf '%s\n' "${timings[@]}"
 echo "stestr runs: $(grep -c '^ - Passed: ' "$log" || true)"
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ "$skipped" != 0 ]; then
