@@ -10,7 +10,10 @@ to Nova's fake libvirt; ``--libvirt-uri qemu:///system`` uses a real
 libvirtd and QEMU with the tiny test guest. See doc/source/mainjob.rst.
 
 Modules: :mod:`cli` (arguments, exit status), :mod:`runner` (one
-deployment per driver), :mod:`deployment` (Nova in one process),
-:mod:`fakevirt` and :mod:`realvirt` (the hypervisor side), :mod:`scenarios`,
-:mod:`results`, :mod:`report` (table, JSON) and :mod:`plot` (PNG).
+deployment per driver, verdicts), :mod:`deployment` (Nova in one process
+on the fake), :mod:`realvirt` (the same on a real libvirtd), :mod:`fakevirt`
+(the fake hypervisor's side), :mod:`upstream` (upstream's event threads in
+the harness), :mod:`environment` (what the scenarios act through),
+:mod:`scenarios`, :mod:`results`, :mod:`report` (table, JSON) and
+:mod:`plot` (PNG).
 """

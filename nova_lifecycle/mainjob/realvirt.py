@@ -44,6 +44,7 @@ import psutil
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.mainjob import deployment
+from nova_lifecycle.mainjob import environment
 from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.virt import host as lifecycle_host
 
@@ -62,7 +63,7 @@ POLL = 0.02
 # Seconds a real guest may take from ACTIVE to its ready line (TCG, a busy
 # 2-core machine).
 READY_WAIT = 90.0
-WATCH_THREAD = deployment.MAINJOB_THREADS + 'domain-watch'
+WATCH_THREAD = environment.MAINJOB_THREADS + 'domain-watch'
 # Seconds the clean-up waits for libvirtd if it is restarting.
 CLEANUP_WAIT = 60.0
 
@@ -613,4 +614,4 @@ class RealDeployment(deployment.DeploymentMixin,
         # nova-compute refuses to start without libvirtd; a shared one may
         # be restarting.
         wait_for_libvirtd(self._uri, CLEANUP_WAIT)
-        return self._start_compute(deployment.HOSTNAME)
+        return self._start_compute(environment.HOSTNAME)
