@@ -205,6 +205,9 @@ class ConnectionLostTest(PowerStateTestCase):
 class PeriodicSyncTest(PowerStateTestCase):
 
     SERVERS = 20
+    # Twenty builds share the compute's build pool (ten at a time); on a
+    # loaded 2-core machine the last is seen ACTIVE after 20 s or more.
+    BUILD_WAIT = 90
 
     def create_servers(self, count):
         body = self._build_server(networks='none')
@@ -214,7 +217,7 @@ class PeriodicSyncTest(PowerStateTestCase):
                    if s['name'].startswith(body['name'])]
         self.assertEqual(count, len(servers))
         for server in servers:
-            self.wait_for_status(server, 'ACTIVE')
+            self.wait_for_status(server, 'ACTIVE', timeout=self.BUILD_WAIT)
         return servers
 
     def test_sync_of_many_servers_with_mismatches(self):
