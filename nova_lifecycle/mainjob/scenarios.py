@@ -203,9 +203,10 @@ def pause_resume(env, m):
 
 
 def libvirtd_restart(env, m):
-    # libvirtd is stopped as soon as the guest is ready: the power-off
-    # comes while it is down.
-    server = _boot_active(env, m, Guest(poweroff_after=3))
+    # A real guest's power-off must come while libvirtd is down: libvirtd
+    # is stopped (2 s at most) as soon as the guest is ready, and the guest
+    # powers off 5 s after that.
+    server = _boot_active(env, m, Guest(poweroff_after=5))
     m.expect_calls(server, 1)
     changed = env.hv.restart_libvirtd_while_guest_powers_off(server)
     try:
