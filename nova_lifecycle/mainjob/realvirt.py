@@ -208,6 +208,8 @@ class DomainWatcher:
 
     def __init__(self, uri):
         native = concurrency.native_threading()
+        # A domain that is gone is an answer here, not an error to print.
+        libvirt.registerErrorHandler(_quiet, None)
         self._uri = uri
         self._lock = native.Lock()
         self._stopping = native.Event()

@@ -1,27 +1,34 @@
-"""The main job's table, plot, command line and verdicts.
+"""The main job's table, plot, command line, verdicts and helpers.
 
 The full run (Nova in one process on each driver) is exercised by
 tools/main-job.sh; here the parts around it are checked without Nova's
 services: the table and its JSON, the PNG (decoded again), the argument
-handling, and the runner's verdicts with a stand-in deployment.
+handling, the runner's verdicts with a stand-in deployment, the fake
+guests and the real-mode domain watcher (on libvirt's test driver), and
+that their threads end.
 """
 
 import io
 import json
 import os
 import struct
+import time
 import zlib
 
 import fixtures
 import testtools
 
+from nova_lifecycle import concurrency
 from nova_lifecycle.mainjob import cli
+from nova_lifecycle.mainjob import fakevirt
 from nova_lifecycle.mainjob import plot
+from nova_lifecycle.mainjob import realvirt
 from nova_lifecycle.mainjob import report
 from nova_lifecycle.mainjob import results
 from nova_lifecycle.mainjob import runner
 from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
 
 PLUGIN, UPSTREAM = results.PLUGIN, results.UPSTREAM
 
@@ -492,3 +499,155 @@ class RunnerTest(base.TestCase):
         self.assertEqual([False, False], [r.passed for r in found])
         self.assertIn('the deployment failed before it ran', found[0].reason)
         self.assertIn('RuntimeError: no placement', found[0].reason)
+
+
+class FakeGuestsTest(base.TestCase):
+    """The fake guests' ACPI behaviour and their thread."""
+
+    class Domain:
+        def __init__(self, uuid):
+            self.uuid = uuid
+            self._state = fakevirt.RUNNING
+
+        def UUIDString(self):
+            return self.uuid
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(lc_fixtures.NoThreadLeftBehind())
+        self.guests = self.useFixture(fakevirt.FakeGuests())
+        self.native = concurrency.native_threading()
+
+    def press(self, uuid):
+        """Press the power button; an event set when the guest is off."""
+        off = self.native.Event()
+        dom = self.Domain(uuid)
+        self.guests._press(dom, off.set)
+        return dom, off
+
+    def test_a_guest_that_honours_acpi_powers_off_after_a_delay(self):
+        pressed = time.monotonic()
+        dom, off = self.press('u1')
+        self.assertFalse(off.is_set())
+        self.assertTrue(off.wait(fakevirt.ACPI_DELAY + 5))
+        self.assertGreaterEqual(time.monotonic() - pressed,
+                                fakevirt.ACPI_DELAY)
+        self.assertEqual({'u1': 1}, self.guests.presses)
+
+    def test_a_guest_that_ignores_acpi_stays_on(self):
+        self.guests.register('u2', scenarios.IGNORES_ACPI)
+        dom, off = self.press('u2')
+        # Something scheduled after the delay runs after it would have.
+        later = self.native.Event()
+        self.guests.call_later(fakevirt.ACPI_DELAY * 2, later.set)
+        self.assertTrue(later.wait(fakevirt.ACPI_DELAY * 2 + 5))
+        self.assertFalse(off.is_set())
+        self.assertEqual({'u2': 1}, self.guests.presses)
+
+    def test_a_guest_that_is_off_already_is_left_alone(self):
+        dom, off = self.press('u3')
+        dom._state = fakevirt.SHUTOFF
+        later = self.native.Event()
+        self.guests.call_later(fakevirt.ACPI_DELAY * 2, later.set)
+        self.assertTrue(later.wait(fakevirt.ACPI_DELAY * 2 + 5))
+        self.assertFalse(off.is_set())
+
+    def test_failures_are_kept_and_the_thread_goes_on(self):
+        def broken():
+            raise ValueError('no domain')
+
+        done = self.native.Event()
+        self.guests.call_later(0, broken)
+        self.guests.call_later(0.01, done.set)
+        self.assertTrue(done.wait(5))
+        self.assertEqual(['no domain'],
+                         [str(e) for e in self.guests.errors])
+
+    def test_the_thread_ends_with_the_fixture(self):
+        guests = fakevirt.FakeGuests()
+        guests.setUp()
+        self.assertEqual(2, concurrency.plugin_threads().count(
+            fakevirt.GUEST_THREAD))
+        guests.cleanUp()
+        # The one left is setUp's fixture's.
+        self.assertEqual(1, concurrency.plugin_threads().count(
+            fakevirt.GUEST_THREAD))
+
+
+class DomainWatcherTest(base.TestCase):
+    """The real-mode watcher, on libvirt's in-process test driver."""
+
+    URI = 'test:///default'
+    UUID = '00000000-0000-0000-0000-00000000a1a1'
+    XML = ("<domain type='test'><name>mainjob-watch</name>"
+           "<uuid>%s</uuid><memory>65536</memory><vcpu>1</vcpu>"
+           "<os><type>hvm</type></os></domain>" % UUID)
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(lc_fixtures.NoThreadLeftBehind())
+        self.conn = realvirt.libvirt.open(self.URI)
+        self.addCleanup(self.conn.close)
+        self.addCleanup(self._destroy)
+        self.watcher = realvirt.DomainWatcher(self.URI)
+        self.addCleanup(self.watcher.stop)
+        self.watcher.watch(self.UUID)
+
+    def _destroy(self):
+        try:
+            self.conn.lookupByUUIDString(self.UUID).destroy()
+        except realvirt.libvirt.libvirtError:
+            pass
+
+    def wait_first(self, state, after):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            when = self.watcher.first(self.UUID, state, after)
+            if when is not None:
+                return when
+            time.sleep(0.01)
+        self.fail('watcher never saw %s after %s: %s'
+                  % (state, after, self.watcher.seen(self.UUID)))
+
+    def test_state_changes_are_timed(self):
+        start = time.monotonic()
+        # Not there yet: gone, which counts as off.
+        self.assertGreaterEqual(self.wait_first('shutoff', start), start)
+        dom = self.conn.createXML(self.XML, 0)
+        self.assertGreaterEqual(self.wait_first('running', start), start)
+        paused = time.monotonic()
+        dom.suspend()
+        self.assertGreaterEqual(self.wait_first('paused', paused), paused)
+        self.assertEqual('paused', self.watcher.state(self.UUID))
+        resumed = time.monotonic()
+        dom.resume()
+        self.assertGreaterEqual(self.wait_first('running', resumed),
+                                resumed)
+        off = time.monotonic()
+        dom.destroy()
+        self.assertGreaterEqual(self.wait_first('shutoff', off), off)
+        self.assertEqual('gone', self.watcher.state(self.UUID))
+        self.assertEqual({self.UUID: 'mainjob-watch'}, self.watcher.names)
+        self.assertEqual([], self.watcher.errors)
+
+    def test_a_restart_between_two_reads_is_seen(self):
+        # Read by hand: with the thread stopped, nothing reads in between.
+        self.assertTrue(self.watcher.stop())
+        self.watcher._conn = realvirt.libvirt.open(self.URI)
+        self.addCleanup(self.watcher._drop_connection)
+        dom = self.conn.createXML(self.XML, 0)
+        self.watcher._read(self.UUID)
+        restarted = time.monotonic()
+        dom.destroy()
+        self.conn.createXML(self.XML, 0)
+        self.watcher._read(self.UUID)
+        self.assertEqual('running', self.watcher.state(self.UUID))
+        off = self.watcher.first(self.UUID, 'shutoff', restarted)
+        on = self.watcher.first(self.UUID, 'running', restarted)
+        self.assertIsNotNone(off)
+        self.assertEqual(off, on)
+
+    def test_the_thread_ends_on_stop(self):
+        self.assertIn(realvirt.WATCH_THREAD, concurrency.plugin_threads())
+        self.assertTrue(self.watcher.stop())
+        self.assertNotIn(realvirt.WATCH_THREAD, concurrency.plugin_threads())
