@@ -111,8 +111,24 @@ class EventPipeline:
             self._inbox.start()
 
     def queue_event(self, item):
-        """Accept an item from any thread, libvirt's loop included."""
-        self._inbox.put(item)
+        """Accept an item from any thread, libvirt's loop included.
+
+        Never raises into libvirt's loop: once the pipeline has stopped an
+        instance event is counted as cancelled by shutdown with a log line
+        naming the instance (what the direct inbox does in both modes), and
+        any other item (a connection notice) is ignored.
+        """
+        try:
+            self._inbox.put(item)
+        except RuntimeError:
+            # Only a stopped inbox refuses.
+            if isinstance(item, virtevent.InstanceEvent):
+                self.ledger.receive()
+                LOG.info('Event %s for instance %s arrived during shutdown; '
+                         'dropped.', item, _uuid(item))
+                self.ledger.cancel(REASON_SHUTDOWN)
+            else:
+                LOG.debug('%r arrived after shutdown; ignored.', item)
 
     def stop(self, timeout=30):
         """Stop taking events and wind down every thread of the pipeline.

@@ -948,9 +948,10 @@ class InboxFaultTest(test_pipeline.PipelineTestCase):
         self.assertEqual(1, stats['received'], stats)
         self.assertEqual(1, stats['delivered'], stats)
         self.assertEqual([late], self.recorder.events)
-        if not concurrency.threading_mode():
-            # Once stopped, the inbox refuses instead of dropping.
-            self.assertRaises(RuntimeError, p.queue_event, late)
+        # Once stopped, a late event is counted as cancelled, not raised.
+        p.queue_event(late)
+        stats = p.ledger.snapshot()
+        self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
 
 
 class DelayedExecutorFaultTest(base.TestCase):

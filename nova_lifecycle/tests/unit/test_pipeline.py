@@ -320,17 +320,18 @@ class ShutdownTest(PipelineTestCase):
         p.stop()
         self.assertEqual(20, p.ledger.snapshot()['delivered'])
 
-    def test_event_after_stop_is_refused_or_counted(self):
+    def test_event_after_stop_is_counted_never_raised(self):
+        # libvirt's loop may outlive the pipeline (a connection left open
+        # after cleanup_host): nothing may raise into it, in either mode.
         p = self.make()
         p.stop()
-        if concurrency.threading_mode():
-            p.queue_event(lifecycle(UUID_A, STARTED))
-            stats = p.ledger.snapshot()
-            self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
-            self.assertIn('arrived during shutdown', self.logs.output)
-        else:
-            self.assertRaises(RuntimeError, p.queue_event,
-                              lifecycle(UUID_A, STARTED))
+        p.queue_event(lifecycle(UUID_A, STARTED))
+        p.queue_event(object())
+        stats = p.ledger.snapshot()
+        self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
+        self.assertEqual(1, stats['received'])
+        self.assertIn('arrived during shutdown', self.logs.output)
+        self.assertIn(UUID_A, self.logs.output)
 
     def test_stop_twice_is_harmless(self):
         p = self.make()
