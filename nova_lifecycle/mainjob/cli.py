@@ -13,10 +13,11 @@ import sys
 
 from nova_lifecycle.mainjob import results
 from nova_lifecycle.mainjob import scenarios
+from nova_lifecycle import testguest
 
 FAKE = 'fake'
 OUTPUT_DIR = os.path.join('build', 'mainjob')
-DEFAULT_GUEST_DIR = '/var/cache/nova-lifecycle/guest'
+DEFAULT_GUEST_DIR = testguest.DEFAULT_DIR
 # Seconds one deployment (all scenarios on one driver) may run before
 # Nova's harness stops it (OS_TEST_TIMEOUT).
 DEPLOYMENT_TIMEOUT = 900

@@ -26,7 +26,6 @@ starts it again with ``tools/libvirt-setup.sh``.
 import builtins
 import functools
 import glob
-import hashlib
 import io
 import os
 import shutil
@@ -46,12 +45,12 @@ from nova_lifecycle import concurrency
 from nova_lifecycle.mainjob import deployment
 from nova_lifecycle.mainjob import environment
 from nova_lifecycle.mainjob import scenarios
+from nova_lifecycle import testguest
 from nova_lifecycle.virt import host as lifecycle_host
 
 TOOLS = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
     'tools'))
-BUILD_SCRIPT = os.path.join(TOOLS, 'build-test-guest.sh')
 SETUP_SCRIPT = os.path.join(TOOLS, 'libvirt-setup.sh')
 
 # What the test guest's /init prints on its serial console.
@@ -98,11 +97,6 @@ def _quiet(ctx, error):
     """libvirt-python prints every error to stderr by default."""
 
 
-def _guest_files(guest_dir):
-    return [os.path.join(guest_dir, name)
-            for name in ('vmlinuz', 'initrd.img')]
-
-
 def problem(uri, guest_dir):
     """Why the main job cannot run on ``uri``, or None."""
     if os.geteuid() != 0:
@@ -121,22 +115,7 @@ def problem(uri, guest_dir):
             return '%s is a %s connection, not QEMU' % (uri, conn.getType())
     finally:
         conn.close()
-    for path in _guest_files(guest_dir):
-        if not os.path.isfile(path):
-            return ('test guest not built: %s missing (run '
-                    'tools/build-test-guest.sh)' % path)
-    if os.path.isfile(BUILD_SCRIPT):
-        with open(BUILD_SCRIPT, 'rb') as f:
-            wanted = hashlib.sha256(f.read()).hexdigest()
-        try:
-            with open(os.path.join(guest_dir, 'build-hash')) as f:
-                built = f.read().strip()
-        except OSError:
-            built = None
-        if built != wanted:
-            return ('the test guest in %s is out of date with '
-                    'tools/build-test-guest.sh (run it again)' % guest_dir)
-    return None
+    return testguest.problem(guest_dir)
 
 
 class OwnDomainsOnly(fixtures.Fixture):
@@ -342,10 +321,11 @@ class RealHypervisor:
         self._guests = {}
         self._own_restarts = []   # (start, end) of the main job's restarts
         self.watcher = DomainWatcher(uri)
+        kernel, initrd = testguest.files(guest_dir)
         self._kernel_id = self._add_image(
-            'nova-lifecycle-guest-kernel', 'aki', _guest_files(guest_dir)[0])
+            'nova-lifecycle-guest-kernel', 'aki', kernel)
         self._ramdisk_id = self._add_image(
-            'nova-lifecycle-guest-initrd', 'ari', _guest_files(guest_dir)[1])
+            'nova-lifecycle-guest-initrd', 'ari', initrd)
 
     def _add_image(self, name, disk_format, path=None, data=b'',
                    properties=None):

@@ -26,7 +26,6 @@ stestr worker) uses the daemon meanwhile.
 
 import errno
 import fcntl
-import hashlib
 import os
 import signal
 import string
@@ -39,6 +38,7 @@ import fixtures
 from testtools import content
 
 from nova_lifecycle import concurrency
+from nova_lifecycle import testguest
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
 
@@ -49,8 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
     _LIBVIRT_IMPORT_ERROR = str(exc)
 
 URI = os.environ.get('NOVA_LIFECYCLE_LIBVIRT_URI', 'qemu:///system')
-GUEST_DIR = os.environ.get('NOVA_LIFECYCLE_GUEST_DIR',
-                           '/var/cache/nova-lifecycle/guest')
+GUEST_DIR = os.environ.get('NOVA_LIFECYCLE_GUEST_DIR', testguest.DEFAULT_DIR)
 REQUIRE_ENV = 'NOVA_LIFECYCLE_REQUIRE_LIBVIRT'
 EVENT_LOG_ENV = 'NOVA_LIFECYCLE_EVENT_LOG'
 
@@ -61,7 +60,6 @@ LIBVIRTD_LOCK = os.environ.get(
 
 _TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                       os.pardir, os.pardir, os.pardir, 'tools')
-BUILD_SCRIPT = os.path.normpath(os.path.join(_TOOLS, 'build-test-guest.sh'))
 SETUP_SCRIPT = os.path.normpath(os.path.join(_TOOLS, 'libvirt-setup.sh'))
 DOMAIN_TEMPLATE = os.path.normpath(
     os.path.join(_TOOLS, 'guest-domain.xml.template'))
@@ -132,25 +130,9 @@ def event_name(event, detail):
 
 def _guest_problem():
     """Why the test guest cannot be used, or None."""
-    for name in ('vmlinuz', 'initrd.img'):
-        if not os.path.isfile(os.path.join(GUEST_DIR, name)):
-            return ('test guest not built: %s missing (run '
-                    'tools/build-test-guest.sh)'
-                    % os.path.join(GUEST_DIR, name))
     if not os.path.isfile(DOMAIN_TEMPLATE):
         return 'domain template %s missing' % DOMAIN_TEMPLATE
-    if os.path.isfile(BUILD_SCRIPT):
-        with open(BUILD_SCRIPT, 'rb') as f:
-            wanted = hashlib.sha256(f.read()).hexdigest()
-        try:
-            with open(os.path.join(GUEST_DIR, 'build-hash')) as f:
-                built = f.read().strip()
-        except OSError:
-            built = None
-        if built != wanted:
-            return ('test guest in %s is out of date with '
-                    'tools/build-test-guest.sh (run it again)' % GUEST_DIR)
-    return None
+    return testguest.problem(GUEST_DIR)
 
 
 def domain_xml(template, name, domain_uuid, cmdline, console,

@@ -1,0 +1,40 @@
+"""The tiny real guest of ``tools/build-test-guest.sh``.
+
+Shared by the integration tests and the main job's real-libvirt mode:
+where the built guest lives and why it cannot be used (missing, or built
+by an older version of the script).
+"""
+
+import hashlib
+import os
+
+TOOLS = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, 'tools'))
+BUILD_SCRIPT = os.path.join(TOOLS, 'build-test-guest.sh')
+DEFAULT_DIR = '/var/cache/nova-lifecycle/guest'
+
+
+def files(guest_dir):
+    """The guest's kernel and initramfs, in that order."""
+    return [os.path.join(guest_dir, name)
+            for name in ('vmlinuz', 'initrd.img')]
+
+
+def problem(guest_dir):
+    """Why the guest in ``guest_dir`` cannot be used, or None."""
+    for path in files(guest_dir):
+        if not os.path.isfile(path):
+            return ('test guest not built: %s missing (run '
+                    'tools/build-test-guest.sh)' % path)
+    if os.path.isfile(BUILD_SCRIPT):
+        with open(BUILD_SCRIPT, 'rb') as f:
+            wanted = hashlib.sha256(f.read()).hexdigest()
+        try:
+            with open(os.path.join(guest_dir, 'build-hash')) as f:
+                built = f.read().strip()
+        except OSError:
+            built = None
+        if built != wanted:
+            return ('the test guest in %s is out of date with '
+                    'tools/build-test-guest.sh (run it again)' % guest_dir)
+    return None
