@@ -17,8 +17,12 @@ from nova_lifecycle import concurrency
 from nova_lifecycle import conf
 from nova_lifecycle.mainjob import results
 from nova_lifecycle.mainjob import scenarios
+from nova_lifecycle.tests.functional import base as func_base
 
 CONF = conf.CONF
+
+# Bounded polling of a condition, as in the functional tests.
+wait_until = func_base.wait_until
 
 HOSTNAME = 'compute1'
 # Seconds between two reads of a server through the API.
@@ -34,15 +38,6 @@ def plugin_threads():
     """The plugin's threads, without the main job's own."""
     return [name for name in concurrency.plugin_threads()
             if not name.startswith(MAINJOB_THREADS)]
-
-
-def wait_until(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 class GracefulStop:

@@ -29,6 +29,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.mainjob import scenarios
+from nova_lifecycle.tests.functional import base as func_base
 from nova_lifecycle.virt import events
 
 # Seconds an ACPI-honouring fake guest takes to power off.
@@ -273,12 +274,7 @@ class FakeHypervisor:
         return changed
 
     def _power_off_silently(self, dom):
-        dom._state = SHUTOFF
-        dom._id = -1
-        running = self.connection._running_vms
-        for key, running_dom in list(running.items()):
-            if running_dom is dom:
-                del running[key]
+        func_base.power_off_silently(self.connection, dom)
 
     def restart_libvirtd_while_guest_powers_off(self, server):
         """libvirtd goes away, the guest powers off, libvirtd comes back.

@@ -86,6 +86,16 @@ def wait_until(predicate, timeout=WAIT, interval=0.05):
         time.sleep(interval)
 
 
+def power_off_silently(connection, dom):
+    """Nova's fake libvirt: ``dom`` is off, and no event says so."""
+    dom._state = SHUTOFF
+    dom._id = -1
+    running = connection._running_vms
+    for domain_id, running_dom in list(running.items()):
+        if running_dom is dom:
+            del running[domain_id]
+
+
 class RealisticDomainEvents(fixtures.Fixture):
     """Nova's fake libvirt with the lifecycle details libvirt sends.
 
@@ -501,13 +511,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
 
     def power_off_silently(self, server):
         """The domain stops and libvirt's events about it are lost."""
-        dom = self.domain(server)
-        dom._state = SHUTOFF
-        dom._id = -1
-        running = self.connection._running_vms
-        for domain_id, running_dom in list(running.items()):
-            if running_dom is dom:
-                del running[domain_id]
+        power_off_silently(self.connection, self.domain(server))
 
     def power_on_silently(self, server):
         """The domain runs again and libvirt's events about it are lost."""
