@@ -55,7 +55,8 @@ Nova's behaviour: every STOPPED waits ``stopped_event_delay``.
         help="""
 Seconds an unexplained STOPPED event is held when ``fast_stopped_events``
 is on; see that option. Also the time a STOPPED event that arrived during a
-driver operation is still held once the operation has ended.
+driver operation, or within ``stopped_event_delay`` after one ended, is held
+once the operation is over (then re-checked against the live domain).
 """),
     cfg.IntOpt(
         'dispatch_workers',

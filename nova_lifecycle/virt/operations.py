@@ -15,6 +15,12 @@ import contextlib
 import functools
 import inspect
 import threading
+import time
+
+# How long the end of an instance's last operation is remembered. A STOPPED
+# caused by an operation can reach the event path after the operation
+# returned (libvirt's loop or the dispatcher ran late).
+REMEMBER_ENDED = 60.0
 
 # LibvirtDriver methods during which the driver itself stops, destroys or
 # restarts domains (directly or by the guest's reaction to them).
@@ -33,12 +39,18 @@ class DriverOperations:
     """Counts the driver operations in progress per instance UUID.
 
     ``on_idle(uuid, name)`` is called (outside the lock) when the last
-    operation on an instance ends, with the name of that operation.
+    operation on an instance ends, with the name of that operation. When
+    that happened stays known for ``remember`` seconds (:meth:`ended`).
     """
 
-    def __init__(self, on_idle=None):
+    def __init__(self, on_idle=None, remember=REMEMBER_ENDED,
+                 clock=time.monotonic):
         self._lock = threading.Lock()
         self._active = {}
+        # uuid -> (monotonic end, name), oldest first.
+        self._ended = collections.OrderedDict()
+        self._remember = remember
+        self._clock = clock
         self._on_idle = on_idle
 
     @contextlib.contextmanager
@@ -56,8 +68,35 @@ class DriverOperations:
                 idle = not ops
                 if idle:
                     del self._active[uuid]
+                    self._note_ended(uuid, name)
             if idle and self._on_idle is not None:
                 self._on_idle(uuid, name)
+
+    def _note_ended(self, uuid, name):
+        now = self._clock()
+        self._ended.pop(uuid, None)
+        self._ended[uuid] = (now, name)
+        horizon = now - self._remember
+        while self._ended:
+            oldest = next(iter(self._ended.values()))
+            if oldest[0] >= horizon:
+                break
+            self._ended.popitem(last=False)
+
+    def ended(self, uuid):
+        """(seconds ago, name) of the last operation on ``uuid`` to end.
+
+        None while one is in progress, or when none ended within the
+        remembered window.
+        """
+        with self._lock:
+            if uuid in self._active or uuid not in self._ended:
+                return None
+            at, name = self._ended[uuid]
+            ago = self._clock() - at
+            if ago > self._remember:
+                return None
+            return ago, name
 
     def active(self, uuid):
         """Names of the operations in progress on ``uuid`` (sorted)."""

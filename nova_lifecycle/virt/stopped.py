@@ -63,6 +63,14 @@ class StoppedPolicy:
                       'for %ss.', event.uuid, ', '.join(busy),
                       conf.stopped_event_delay)
             return conf.stopped_event_delay
+        ended = self._operations.ended(event.uuid)
+        if ended is not None and ended[0] <= conf.stopped_event_delay:
+            # Late news of the operation: held as if it had come during
+            # it, the operation is over, so the grace and the re-check.
+            LOG.debug('STOPPED event for instance %s arrived %.2fs after '
+                      '%s ended; held for %ss.', event.uuid, ended[0],
+                      ended[1], self._grace())
+            return self._grace()
         if isinstance(event, events.DomainLifecycleEvent) and \
                 guest_initiated(event):
             return self._grace()

@@ -56,6 +56,35 @@ class DriverOperationsTest(base.TestCase):
         self.assertEqual(['power_off'], ended)
         self.assertEqual({}, ops.busy())
 
+    def test_end_of_the_last_operation_is_remembered_for_a_while(self):
+        now = [100.0]
+        ops = operations.DriverOperations(remember=10, clock=lambda: now[0])
+        self.assertIsNone(ops.ended(UUID))
+        with ops.track(UUID, 'reboot'):
+            with ops.track(UUID, 'destroy'):
+                pass
+            # Nested end: the instance is still being operated on.
+            self.assertIsNone(ops.ended(UUID))
+        now[0] = 103.0
+        self.assertEqual((3.0, 'reboot'), ops.ended(UUID))
+        with ops.track(UUID, 'power_on'):
+            self.assertIsNone(ops.ended(UUID))
+        self.assertEqual((0.0, 'power_on'), ops.ended(UUID))
+        now[0] = 114.0
+        self.assertIsNone(ops.ended(UUID))
+
+    def test_remembered_ends_are_pruned(self):
+        now = [0.0]
+        ops = operations.DriverOperations(remember=5, clock=lambda: now[0])
+        for i in range(100):
+            now[0] = float(i)
+            with ops.track('uuid-%d' % i, 'destroy'):
+                pass
+        # Only the ends of the last 5 seconds are kept.
+        self.assertEqual(6, len(ops._ended))
+        self.assertEqual((0.0, 'destroy'), ops.ended('uuid-99'))
+        self.assertIsNone(ops.ended('uuid-10'))
+
     def test_tracking_decorator_finds_the_instance_argument(self):
         seen = []
 
@@ -121,29 +150,63 @@ class StoppedPolicyTest(test.NoDBTestCase):
     def test_hold_table(self):
         S, G, H = (events.SHUTDOWN_FINISHED, events.SHUTDOWN_GUEST,
                    events.SHUTDOWN_HOST)
-        # (STOPPED detail, SHUTDOWN detail before it, busy) -> seconds
+        IDLE, DURING, AFTER = 'no operation', 'during', 'just after'
+        # (STOPPED detail, SHUTDOWN detail before it, driver operation)
+        #   -> seconds held
         table = [
-            (events.STOPPED_SHUTDOWN, G, False, 2),
-            (events.STOPPED_SHUTDOWN, G, True, 15),
-            (events.STOPPED_SHUTDOWN, H, False, 15),
-            (events.STOPPED_SHUTDOWN, S, False, 15),
-            (events.STOPPED_SHUTDOWN, None, False, 15),
-            (events.STOPPED_CRASHED, None, False, 2),
-            (events.STOPPED_CRASHED, None, True, 15),
-            (events.STOPPED_FAILED, None, False, 2),
-            (events.STOPPED_DESTROYED, None, False, 15),
-            (3, None, False, 15),  # MIGRATED
-            (4, None, False, 15),  # SAVED
+            (events.STOPPED_SHUTDOWN, G, IDLE, 2),
+            (events.STOPPED_SHUTDOWN, G, DURING, 15),
+            (events.STOPPED_SHUTDOWN, G, AFTER, 2),
+            (events.STOPPED_SHUTDOWN, H, IDLE, 15),
+            (events.STOPPED_SHUTDOWN, H, DURING, 15),
+            (events.STOPPED_SHUTDOWN, H, AFTER, 2),
+            (events.STOPPED_SHUTDOWN, S, IDLE, 15),
+            (events.STOPPED_SHUTDOWN, None, IDLE, 15),
+            (events.STOPPED_CRASHED, None, IDLE, 2),
+            (events.STOPPED_CRASHED, None, DURING, 15),
+            (events.STOPPED_FAILED, None, IDLE, 2),
+            (events.STOPPED_DESTROYED, None, IDLE, 15),
+            (events.STOPPED_DESTROYED, None, DURING, 15),
+            (events.STOPPED_DESTROYED, None, AFTER, 2),
+            (3, None, IDLE, 15),  # MIGRATED
+            (3, None, AFTER, 2),
+            (4, None, IDLE, 15),  # SAVED
         ]
-        for detail, shutdown_detail, busy, expected in table:
+        for detail, shutdown_detail, operation, expected in table:
+            ops = operations.DriverOperations()
+            policy = stopped.StoppedPolicy(conf.CONF.lifecycle, ops,
+                                           self.live_state)
             event = stopped_event(detail, shutdown_detail)
-            if busy:
-                with self.ops.track(UUID, 'reboot'):
-                    got = self.policy.hold_for(event)
+            if operation == DURING:
+                with ops.track(UUID, 'reboot'):
+                    got = policy.hold_for(event)
             else:
-                got = self.policy.hold_for(event)
+                if operation == AFTER:
+                    with ops.track(UUID, 'destroy'):
+                        pass
+                got = policy.hold_for(event)
             self.assertEqual(expected, got,
-                             (event.detail_name, shutdown_detail, busy))
+                             (event.detail_name, shutdown_detail, operation))
+
+    def test_stop_arriving_just_after_an_operation_gets_the_grace(self):
+        # libvirt's loop or the dispatcher can run late: the STOPPED of a
+        # destroy is taken in after destroy() returned.
+        now = [50.0]
+        self.ops = operations.DriverOperations(clock=lambda: now[0])
+        self.policy = stopped.StoppedPolicy(conf.CONF.lifecycle, self.ops,
+                                            self.live_state)
+        event = stopped_event(events.STOPPED_DESTROYED)
+        self.assertEqual(15, self.policy.hold_for(event))
+        with self.ops.track(UUID, 'destroy'):
+            self.assertEqual(15, self.policy.hold_for(event))
+        now[0] = 51.5
+        self.assertEqual(2, self.policy.hold_for(event))
+        # Another instance is not concerned.
+        self.assertEqual(15, self.policy.hold_for(
+            stopped_event(events.STOPPED_DESTROYED, uuid='other')))
+        # Past the delay it is no longer news of that operation.
+        now[0] = 66.0
+        self.assertEqual(15, self.policy.hold_for(event))
 
     def test_upstream_behaviour_when_disabled(self):
         self.flags(fast_stopped_events=False, group='lifecycle')
@@ -245,6 +308,18 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         self.assertTrue(self.listener.wait_for(2))
         self.assertTrue(self.ledger.wait_settled(2, WAIT))
         self.assertEqual(2, self.ledger.snapshot()['delivered'])
+
+    def test_stop_taken_in_after_its_operation_ended_gets_the_grace(self):
+        with self.driver._operations.track(UUID, 'destroy'):
+            self.set_state(SHUTOFF)
+        # The destroy's STOPPED reaches the event path only now.
+        self.conn._emit_lifecycle(self.dom, events.STOPPED,
+                                  events.STOPPED_DESTROYED)
+        # Delay 60 s, grace 0.05 s: delivered well within WAIT.
+        self.assertTrue(self.listener.wait_for(2))
+        self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED,
+                         self.listener.events[1].transition)
+        self.assertTrue(self.ledger.wait_settled(2, WAIT))
 
     def test_stop_dropped_when_the_domain_runs_again(self):
         with self.driver._operations.track(UUID, 'reboot'):
