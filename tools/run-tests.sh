@@ -74,6 +74,9 @@ echo
 printf '%s\n' "${timings[@]}"
 echo "stestr runs: $(grep -c '^ - Passed: ' "$log" || true)"
 echo "$passed passed, $failed failed, $skipped skipped"
+# Name what failed here, where the end of the output is what gets read.
+grep -E '^\{[0-9]+\} .* \.\.\. FAILED$' "$log" | sed 's/^/failed: /' || true
+grep -E '^ *[0-9.]+s \[plugin\] .*FAIL' "$log" | sed 's/^ */failed: main job /' || true
 if [ "$skipped" != 0 ]; then
     echo "run-tests: skipped tests are not allowed in CI" >&2
     status=1
