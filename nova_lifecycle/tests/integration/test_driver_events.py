@@ -72,8 +72,8 @@ class TestGuestPowersOff(driver_base.DriverTestCase):
     exclusive_daemon = True
     stopped_event_grace = 2.0
     # Delivery may lag the grace by this much (recheck of the domain,
-    # dispatch, a loaded 2-core machine).
-    MARGIN = 0.5
+    # dispatch, a loaded 2-core machine); far below stopped_event_delay.
+    MARGIN = 1.0
 
     def test_stop_with_its_detail_delivered_after_the_grace(self):
         guest = self.start_instance('lc.poweroff_after=1')
@@ -85,11 +85,18 @@ class TestGuestPowersOff(driver_base.DriverTestCase):
         event = delivered.event
         self.assertEqual('STOPPED_SHUTDOWN', event.detail_name)
         self.assertEqual(events.SHUTDOWN_GUEST, event.shutdown_detail)
-        # The plugin's callback ran when libvirt sent the event ...
-        self.assertLess(abs(event.received_at - sent), 0.05)
+        # The plugin's callback ran when libvirt sent the event (the test's
+        # own connection heard it at the same moment, give or take the
+        # scheduling of two threads) ...
+        self.assertLess(abs(event.received_at - sent), 0.5)
         # ... and the stop nothing explained was held for the grace only,
         # not for stopped_event_delay.
         held = delivered.at - event.received_at
+        base.note(self, 'timing', (
+            'callback %+.3fs from the test\'s connection; held %.3fs; '
+            'delivered %.3fs after the STOPPED (grace %.1fs)'
+            % (event.received_at - sent, held, delivered.at - sent,
+               self.stopped_event_grace)))
         self.assertGreaterEqual(held, self.stopped_event_grace - 0.005)
         self.assertLessEqual(delivered.at - sent,
                              self.stopped_event_grace + self.MARGIN)

@@ -30,9 +30,12 @@ class TestCleanShutdown(driver_base.DriverTestCase):
     # The STOPPED of a power-off is held while power_off runs, then for
     # the grace (see nova_lifecycle.virt.stopped).
     stopped_event_grace = 0.5
-    MARGIN = 0.5
-    # Returns this long after the guest's STOPPED at most.
-    AFTER_STOP = 0.05
+    # Bounds a loaded 2-core CI machine keeps; each test notes the figure
+    # it measured, and benchmarks/clean_shutdown.py shows the precise ones.
+    MARGIN = 1.0
+    # Returns this long after the guest's STOPPED at most: well inside
+    # upstream's one-second polling step (typically 0.000-0.006 s here).
+    AFTER_STOP = 0.2
     # Returns this long after the deadline at most.
     AFTER_DEADLINE = 0.2
 
