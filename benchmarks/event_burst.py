@@ -155,7 +155,8 @@ def run_plugin(args, doms):
     return latencies(handler, sent, burst_start), held
 
 
-def main():
+def main(argv=None):
+    """Runs the burst; returns {side: (p50, p99, held p99, held max)}."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--events', type=int, default=1000)
     parser.add_argument('--instances', type=int, default=100)
@@ -164,7 +165,7 @@ def main():
     parser.add_argument('--workers', type=int, default=None,
                         help='[lifecycle] dispatch_workers (default: the '
                              'option default)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg.CONF([], project='nova')
     if args.workers:
         cfg.CONF.set_override('dispatch_workers', args.workers, 'lifecycle')
@@ -196,6 +197,7 @@ def main():
     print('ratio upstream/plugin: p50 %.1fx, p99 %.1fx; loop thread held '
           'per callback, p99 %.0fx' % (
               up[0] / plugin[0], up[1] / plugin[1], up[2] / plugin[2]))
+    return rows
 
 
 if __name__ == '__main__':

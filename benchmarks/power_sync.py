@@ -127,14 +127,15 @@ class SyncBenchmark(test.TestCase):
                     statistics.median(r[i] for r in runs) for i in range(3))
 
 
-def main():
+def main(argv=None):
+    """Runs the sync benchmark; 0 when it ran, its rows in RESULTS."""
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', default='10,100,1000',
                         type=lambda v: [int(x) for x in v.split(',')])
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--call-cost-ms', type=float, default=0.0)
-    ARGS = parser.parse_args()
+    ARGS = parser.parse_args(argv)
     result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(
         SyncBenchmark('test_benchmark'))
     if not result.wasSuccessful():
