@@ -34,6 +34,14 @@ TRACKED_METHODS = (
     'rollback_live_migration_at_destination',
 )
 
+# Those of them that stop a domain themselves, and whose STOPPED can thus
+# reach the event path after they returned. Not spawn, power_on and the
+# like: a STOPPED just after them was not caused by them.
+STOPPING_METHODS = frozenset((
+    'destroy', 'reboot', 'power_off', 'suspend', 'rescue', 'unrescue',
+    'snapshot', 'migrate_disk_and_power_off', 'live_migration',
+))
+
 
 class DriverOperations:
     """Counts the driver operations in progress per instance UUID.

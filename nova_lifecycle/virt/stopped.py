@@ -11,6 +11,7 @@ late, lost or duplicated event cannot stop a running guest.
 import logging
 
 from nova_lifecycle.virt import events
+from nova_lifecycle.virt import operations
 
 LOG = logging.getLogger(__name__)
 
@@ -64,9 +65,11 @@ class StoppedPolicy:
                       conf.stopped_event_delay)
             return conf.stopped_event_delay
         ended = self._operations.ended(event.uuid)
-        if ended is not None and ended[0] <= conf.stopped_event_delay:
-            # Late news of the operation: held as if it had come during
-            # it, the operation is over, so the grace and the re-check.
+        if (ended is not None and ended[0] <= conf.stopped_event_delay and
+                ended[1] in operations.STOPPING_METHODS):
+            # Late news of an operation that stops domains: held as if it
+            # had come during it; that is over, so the grace and the
+            # re-check.
             LOG.debug('STOPPED event for instance %s arrived %.2fs after '
                       '%s ended; held for %ss.', event.uuid, ended[0],
                       ended[1], self._grace())

@@ -122,6 +122,10 @@ class TrackedMethodsTest(base.TestCase):
             ours = getattr(lc_driver.LibvirtLifecycleDriver, name)
             self.assertIs(upstream, ours.__wrapped__, name)
 
+    def test_stopping_methods_are_tracked_ones(self):
+        self.assertLessEqual(operations.STOPPING_METHODS,
+                             set(operations.TRACKED_METHODS))
+
 
 def stopped_event(detail, shutdown_detail=None, uuid=UUID):
     event = events.DomainLifecycleEvent(
@@ -201,11 +205,17 @@ class StoppedPolicyTest(test.NoDBTestCase):
             self.assertEqual(15, self.policy.hold_for(event))
         now[0] = 51.5
         self.assertEqual(2, self.policy.hold_for(event))
+        # An operation that starts domains explains no STOPPED.
+        with self.ops.track(UUID, 'spawn'):
+            pass
+        self.assertEqual(15, self.policy.hold_for(event))
+        with self.ops.track(UUID, 'destroy'):
+            pass
         # Another instance is not concerned.
         self.assertEqual(15, self.policy.hold_for(
             stopped_event(events.STOPPED_DESTROYED, uuid='other')))
         # Past the delay it is no longer news of that operation.
-        now[0] = 66.0
+        now[0] = 67.0
         self.assertEqual(15, self.policy.hold_for(event))
 
     def test_upstream_behaviour_when_disabled(self):
