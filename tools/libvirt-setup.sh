@@ -21,8 +21,8 @@
 #   1. apt-get install (DEBIAN_FRONTEND=noninteractive,
 #      --no-install-recommends) of libvirt-daemon-system (it creates the
 #      libvirt-qemu user the daemon resolves before reading qemu.conf),
-#      libvirt-daemon-driver-qemu, libvirt-clients and qemu-system-x86, when
-#      missing. The packages' init scripts are kept from starting anything
+#      libvirt-daemon-driver-qemu, libvirt-clients, qemu-system-x86 and
+#      tini, when missing. The packages' init scripts are kept from starting anything
 #      during the install (a temporary policy-rc.d when none exists).
 #   2. /etc/libvirt/qemu.conf: the original is copied once to
 #      qemu.conf.nova-lifecycle.orig; then the settings in QEMU_SETTINGS
@@ -32,9 +32,16 @@
 #      QEMU_SETTINGS.
 #   3. mkdir -p /var/log/libvirt /var/run/libvirt; `virtlogd -d` (QEMU
 #      domains fail to start without it: "Failed to connect socket to
-#      '/run/libvirt/virtlogd-sock'") and `libvirtd -d`, each unless its pid
-#      file names a live process of that name. The pids started here are
-#      recorded in $STATE so that --stop only ever stops those.
+#      '/run/libvirt/virtlogd-sock'") and libvirtd, each unless its pid
+#      file names a live process of that name. libvirtd runs in the
+#      foreground under `tini -s` (a child subreaper), detached with
+#      setsid: QEMU processes, which libvirt daemonizes, then become tini's
+#      children and are reaped as soon as they exit. Without a systemd-like
+#      PID 1 they are left to the machine's PID 1, which on these machines
+#      reaps late, and libvirt waits for the zombie before it sends STOPPED
+#      (1.2 s after a guest's SHUTDOWN here; 0.2 s under tini). Where tini
+#      is missing, `libvirtd -d`. The pids started here are recorded in
+#      $STATE so that --stop only ever stops those.
 #   4. waits (bounded, LIBVIRT_SETUP_TIMEOUT seconds, default 60) until
 #      `virsh -c qemu:///system list` works.
 # On any failure it prints the end of the daemon's log and, last, one line
@@ -49,6 +56,7 @@ PACKAGES=(
     libvirt-daemon-driver-qemu
     libvirt-clients
     qemu-system-x86
+    tini
 )
 QEMU_CONF=/etc/libvirt/qemu.conf
 QEMU_CONF_ORIG=$QEMU_CONF.nova-lifecycle.orig
@@ -234,7 +242,12 @@ start_daemon() {
     fi
     command -v "$name" >/dev/null || fail "$name not found in PATH"
     local rc=0
-    "$name" -d || rc=$?
+    if [ "$name" = libvirtd ] && command -v tini >/dev/null; then
+        # See step 3 above: tini reaps the QEMU processes at once.
+        setsid tini -s -- libvirtd </dev/null >/dev/null 2>&1 &
+    else
+        "$name" -d || rc=$?
+    fi
     if [ "$rc" -ne 0 ]; then
         show_log "$name"
         fail "'$name -d' exited with $rc"
