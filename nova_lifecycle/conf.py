@@ -49,14 +49,16 @@ Nova's behaviour: every STOPPED waits ``stopped_event_delay``.
 """),
     cfg.FloatOpt(
         'stopped_event_grace',
-        default=2.0,
+        default=1.0,
         min=0.0,
         max=15.0,
         help="""
 Seconds an unexplained STOPPED event is held when ``fast_stopped_events``
 is on; see that option. Also the time a STOPPED event that arrived during a
-driver operation, or within ``stopped_event_delay`` after one ended, is held
-once the operation is over (then re-checked against the live domain).
+driver operation, or within ``stopped_event_delay`` after one that stops
+domains ended, is held once the operation is over (then re-checked against
+the live domain). The default leaves Nova time to show the instance SHUTOFF
+within 2 seconds of the guest powering itself off.
 """),
     cfg.IntOpt(
         'dispatch_workers',

@@ -33,6 +33,9 @@ REASON_NO_TRANSITION = 'no Nova transition'
 # Not an end: the same event was held again with another delay.
 REASON_RESCHEDULED = 'rescheduled'
 
+# Most libvirt SHUTDOWN details kept while waiting for their STOPPED.
+MAX_SHUTDOWN_NOTES = 10000
+
 
 class BadLifecycleEvent(Exception):
     """libvirt sent an event the plugin could not read."""
@@ -182,7 +185,13 @@ class EventPipeline:
     def _take(self, item):
         if isinstance(item, events.ShutdownNotice):
             with self._lock:
-                self._shutdown_notes[item.uuid] = item.libvirt_detail
+                notes = self._shutdown_notes
+                notes.pop(item.uuid, None)
+                notes[item.uuid] = item.libvirt_detail
+                # A note waits for its domain's next event; one whose event
+                # never comes (domain gone meanwhile) must not stay forever.
+                if len(notes) > MAX_SHUTDOWN_NOTES:
+                    del notes[next(iter(notes))]
         elif isinstance(item, virtevent.InstanceEvent):
             self._intake(item)
         elif self._route_other is not None:

@@ -188,6 +188,22 @@ class HeldStoppedTest(PipelineTestCase):
         self.recorder.wait_for(2)
         self.assertNotIn(STOPPED, self.recorder.transitions())
 
+    def test_shutdown_notes_of_domains_that_never_stop_are_bounded(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.pipeline.MAX_SHUTDOWN_NOTES', 3))
+        p = self.make(delay=0.01)
+        uuids = ['00000000-0000-0000-0000-%012d' % i for i in range(10)]
+        for uuid in uuids:
+            p.queue_event(events.ShutdownNotice(uuid,
+                                                events.SHUTDOWN_GUEST))
+        # The last domain does stop: its note is still there for it.
+        p.queue_event(lifecycle(uuids[-1], STOPPED,
+                                events.STOPPED_SHUTDOWN))
+        self.recorder.wait_for(1)
+        self.assertEqual(events.SHUTDOWN_GUEST,
+                         self.recorder.events[0].shutdown_detail)
+        self.assertEqual(uuids[-3:-1], list(p._shutdown_notes))
+
     def test_other_instance_does_not_cancel(self):
         p = self.make(delay=0.1)
         p.queue_event(lifecycle(UUID_A, STOPPED))
