@@ -127,9 +127,7 @@ class EventPipeline:
             # Only a stopped inbox refuses.
             if isinstance(item, virtevent.InstanceEvent):
                 self.ledger.receive()
-                LOG.info('Event %s for instance %s arrived during shutdown; '
-                         'dropped.', item, _uuid(item))
-                self.ledger.cancel(REASON_SHUTDOWN)
+                self._drop_at_shutdown(item)
             else:
                 LOG.debug('%r arrived after shutdown; ignored.', item)
 
@@ -224,18 +222,20 @@ class EventPipeline:
                     event.shutdown_detail = self._shutdown_notes.pop(
                         event.uuid, None)
                 superseded = self._supersede(event)
-                if (isinstance(event, virtevent.LifecycleEvent) and
-                        event.transition ==
-                        virtevent.EVENT_LIFECYCLE_STOPPED):
+                if _is_stopped(event):
                     self._hold(event)
                 else:
                     self._dispatch(event)
         if stopping:
-            LOG.info('Event %s for instance %s arrived during shutdown; '
-                     'dropped.', event, _uuid(event))
-            self.ledger.cancel(REASON_SHUTDOWN)
+            self._drop_at_shutdown(event)
         elif superseded is not None:
             superseded.future.cancel()
+
+    def _drop_at_shutdown(self, event):
+        """A received event that came after the stop: cancelled, logged."""
+        LOG.info('Event %s for instance %s arrived during shutdown; '
+                 'dropped.', event, _uuid(event))
+        self.ledger.cancel(REASON_SHUTDOWN)
 
     def _readable(self, event):
         """Report and account an event that cannot go on; True if it can."""
