@@ -1,8 +1,9 @@
-"""The tiny real guest of ``tools/build-test-guest.sh``.
+"""The tiny real guest of ``tools/build-test-guest.sh``, and its tools.
 
 Shared by the integration tests and the main job's real-libvirt mode:
-where the built guest lives and why it cannot be used (missing, or built
-by an older version of the script).
+where the project's tools are (the guest's build script, the libvirtd
+set-up script), where the built guest lives and why it cannot be used
+(missing, or built by an older version of the script).
 """
 
 import hashlib
@@ -11,6 +12,7 @@ import os
 TOOLS = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), os.pardir, 'tools'))
 BUILD_SCRIPT = os.path.join(TOOLS, 'build-test-guest.sh')
+LIBVIRT_SETUP_SCRIPT = os.path.join(TOOLS, 'libvirt-setup.sh')
 DEFAULT_DIR = '/var/cache/nova-lifecycle/guest'
 
 

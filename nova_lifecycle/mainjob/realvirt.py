@@ -48,10 +48,7 @@ from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle import testguest
 from nova_lifecycle.virt import host as lifecycle_host
 
-TOOLS = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
-    'tools'))
-SETUP_SCRIPT = os.path.join(TOOLS, 'libvirt-setup.sh')
+SETUP_SCRIPT = testguest.LIBVIRT_SETUP_SCRIPT
 
 # What the test guest's /init prints on its serial console.
 READY = 'nova-lifecycle-guest: ready'

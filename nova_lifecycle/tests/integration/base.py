@@ -58,11 +58,8 @@ LIBVIRTD_LOCK = os.environ.get(
     LOCK_ENV, os.path.join(tempfile.gettempdir(),
                            'nova-lifecycle-libvirtd.lock'))
 
-_TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      os.pardir, os.pardir, os.pardir, 'tools')
-SETUP_SCRIPT = os.path.normpath(os.path.join(_TOOLS, 'libvirt-setup.sh'))
-DOMAIN_TEMPLATE = os.path.normpath(
-    os.path.join(_TOOLS, 'guest-domain.xml.template'))
+SETUP_SCRIPT = testguest.LIBVIRT_SETUP_SCRIPT
+DOMAIN_TEMPLATE = os.path.join(testguest.TOOLS, 'guest-domain.xml.template')
 # What tools/libvirt-setup.sh records about the daemons it started.
 SETUP_STATE = '/var/run/libvirt/nova-lifecycle-started'
 LIBVIRTD_CONF = '/etc/libvirt/libvirtd.conf'
