@@ -97,9 +97,7 @@ class SyncBenchmark(test.TestCase):
             n = self.count
             self.count += 1
             uuid = '00000000-0000-0000-0000-%012d' % n
-            self.conn.createXML(test_driver.DOMAIN_XML.replace(
-                test_driver.UUID, uuid).replace(
-                'instance-00000001', 'instance-%08x' % n), 0)
+            self.conn.createXML(test_driver.domain_xml(uuid, n), 0)
             objects.Instance(
                 context=self.context, uuid=uuid, host=self.plugin.host,
                 vm_state=vm_states.ACTIVE,

@@ -31,6 +31,12 @@ DOMAIN_XML = """<domain type='kvm'>
 </domain>""" % UUID
 
 
+def domain_xml(uuid, number):
+    """DOMAIN_XML for another instance: its UUID, its name's number."""
+    return DOMAIN_XML.replace(UUID, uuid).replace(
+        'instance-00000001', 'instance-%08x' % number)
+
+
 class Listener:
     """The compute manager's place: records events, signals each one."""
 

@@ -90,11 +90,6 @@ def raw(obj):
     return getattr(obj, '_obj', obj)
 
 
-def domain_xml(uuid, number):
-    return test_driver.DOMAIN_XML.replace(UUID, uuid).replace(
-        'instance-00000001', 'instance-%08x' % number)
-
-
 def wait_until(predicate, timeout=WAIT):
     """Poll ``predicate`` until it holds; its last value otherwise."""
     deadline = time.monotonic() + timeout
@@ -362,7 +357,7 @@ class HandlerFaultTest(ManagerFaultTestCase):
         self.read_faults.append(exception.InstanceNotFound(instance_id=UUID))
         self.pause()
         # A domain that is not a Nova instance at all.
-        stranger = self.conn.defineXML(domain_xml(OTHER_UUID, 2))
+        stranger = self.conn.defineXML(test_driver.domain_xml(OTHER_UUID, 2))
         stranger.create()
         delta = counts.wait_ended(2)
         # Nova's handle_events ignores both: delivered, nothing failed.
@@ -595,7 +590,8 @@ class BurstFaultTest(FaultTestCase):
         self.doms = {}
         counts = Counts(self.ledger)
         for i, uuid in enumerate(self.uuids):
-            self.doms[uuid] = self.conn.defineXML(domain_xml(uuid, i + 2))
+            self.doms[uuid] = self.conn.defineXML(
+                test_driver.domain_xml(uuid, i + 2))
             self.doms[uuid].create()
         counts.wait_ended(self.INSTANCES)
         self.listener.events.clear()

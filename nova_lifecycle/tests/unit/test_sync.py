@@ -354,9 +354,7 @@ class BulkSyncCallCountTest(test_driver.DriverTestCase):
         for _ in range(count):
             n = len(self.instances)
             uuid = '00000000-0000-0000-0000-%012d' % n
-            self.conn.createXML(test_driver.DOMAIN_XML.replace(
-                test_driver.UUID, uuid).replace(
-                'instance-00000001', 'instance-%08x' % n), 0)
+            self.conn.createXML(test_driver.domain_xml(uuid, n), 0)
             self.instances.append(objects.Instance(
                 uuid=uuid, vm_state=vm_states.ACTIVE, power_state=RUNNING,
                 task_state=None, host=self.compute.host,
