@@ -20,18 +20,25 @@ trap 'rm -f "$log"' EXIT
 
 status=0
 timings=()
-# step NAME COMMAND...: runs it, output into the log, notes its time and
-# remembers a failure without stopping the other steps.
+# record NAME START RC [OK-TEXT]: notes a step's time and outcome, and
+# remembers a failure.
+record() {
+    local name=$1 start=$2 rc=$3 ok=${4:-ok}
+    timings+=("$(printf '%-28s %4d s  %s' "$name" $((SECONDS - start)) \
+        "$([ "$rc" -eq 0 ] && echo "$ok" || echo "FAILED ($rc)")")")
+    if [ "$rc" -ne 0 ]; then
+        status=1
+    fi
+}
+
+# step NAME COMMAND...: runs it, output into the log, and records it
+# without stopping the other steps.
 step() {
     local name=$1 start=$SECONDS rc=0
     shift
     echo "run-tests: == $name"
     "$@" 2>&1 | tee -a "$log" || rc=$?
-    timings+=("$(printf '%-28s %4d s  %s' "$name" $((SECONDS - start)) \
-        "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")")")
-    if [ "$rc" -ne 0 ]; then
-        status=1
-    fi
+    record "$name" "$start" "$rc"
 }
 
 step "tox $ENVS" .venv-tools/bin/tox -e "$ENVS"
@@ -83,12 +90,7 @@ if [ -z "${NOVA_LIFECYCLE_TEST_ENVS:-}" ]; then
     echo "run-tests: == soak (60 s x 2 modes, beside the steps above)"
     tee -a "$log" < "$soak_out"
     rm -f "$soak_out"
-    timings+=("$(printf '%-28s %4d s  %s' "soak (60 s x 2 modes)" \
-        $((SECONDS - soak_start)) \
-        "$([ "$soak_rc" -eq 0 ] && echo "ok, beside" || echo "FAILED ($soak_rc)")")")
-    if [ "$soak_rc" -ne 0 ]; then
-        status=1
-    fi
+    record "soak (60 s x 2 modes)" "$soak_start" "$soak_rc" "ok, beside"
     # devstack plugin (bashate), Zuul config (yamllint + schema), release
     # notes (reno lint + build) and docs (sphinx -W).
     step "openstack integration" ./tools/check-openstack-integration.sh
