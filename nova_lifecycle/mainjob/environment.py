@@ -169,11 +169,11 @@ class Environment:
         if self.driver != results.PLUGIN:
             return
         driver = self.compute_driver
-        if not wait_until(lambda: driver.lifecycle_stats()['pending'] == 0,
+        if not wait_until(lambda: driver._lifecycle_stats()['pending'] == 0,
                           SETTLE_WAIT):
             raise scenarios.ScenarioFailed(
                 'the plugin still holds events after %.0f s: %s'
-                % (SETTLE_WAIT, driver.lifecycle_stats()))
+                % (SETTLE_WAIT, driver._lifecycle_stats()))
 
     def settle_all(self, timeout=SETTLE_WAIT):
         """Wait for every held STOPPED event, on either driver.
@@ -183,7 +183,7 @@ class Environment:
         driver = self.compute_driver
         if self.driver == results.PLUGIN:
             return wait_until(
-                lambda: driver.lifecycle_stats()['pending'] == 0, timeout)
+                lambda: driver._lifecycle_stats()['pending'] == 0, timeout)
         return wait_until(lambda: not driver._host._events_delayed, timeout)
 
     def compute_enabled(self):
@@ -217,7 +217,7 @@ class Environment:
         """The plugin's ledger must balance and have no failed events."""
         if self.driver != results.PLUGIN:
             return []
-        stats = self.compute_driver.lifecycle_stats()
+        stats = self.compute_driver._lifecycle_stats()
         problems = []
         if stats['received'] != (stats['delivered'] + stats['cancelled'] +
                                  stats['failed'] + stats['pending']):

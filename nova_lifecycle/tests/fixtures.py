@@ -1,8 +1,12 @@
 """Fixtures shared by the plugin's tests."""
 
 import fixtures
+from nova.virt.libvirt import host as nova_host
 
 from nova_lifecycle import concurrency
+
+# Nova's own method, taken before any test's harness mocks it.
+_INIT_EVENTS = nova_host.Host._init_events
 
 
 class NoThreadLeftBehind(fixtures.Fixture):
@@ -21,3 +25,18 @@ class NoThreadLeftBehind(fixtures.Fixture):
         if left:
             raise AssertionError('plugin threads left running: %s'
                                  % ', '.join(left))
+
+
+class LibvirtEvents(fixtures.Fixture):
+    """libvirt events on, as in nova-compute: ``Host._init_events`` put back.
+
+    Nova's test harness mocks that method so that no event thread runs in
+    its tests; the plugin starts its event handling there as upstream
+    does, so the plugin's tests that need events use this after Nova's
+    libvirt fixture. Only for drivers whose ``cleanup_host`` ends the
+    event threads (the plugin's); upstream's loop forever.
+    """
+
+    def _setUp(self):
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.host.Host._init_events', _INIT_EVENTS))

@@ -13,7 +13,6 @@ import threading
 from nova.virt import event as virtevent
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import event as libvirtevent
-from nova.virt.libvirt import vif as libvirt_vif
 
 from nova_lifecycle import background
 from nova_lifecycle.compute import hooks
@@ -63,18 +62,11 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             hold_for=self._stopped_policy.hold_for,
             recheck=self._stopped_policy.recheck,
             watch=self._stop_waiters.notify)
-        # Upstream built its Host before we could choose the class; swap it
-        # for ours before anything connects, and point the VIF driver, the
-        # only part built with it, at the new one.
-        lifecycle_host.retire_upstream_event_handler(
-            self._host._event_handler)
-        self._host = lifecycle_host.LifecycleHost(
-            self._uri(), read_only,
-            conn_event_handler=self._handle_conn_event,
-            event_sink=self.queue_event)
-        self.vif_driver = libvirt_vif.LibvirtGenericVIFDriver(self._host)
+        # Upstream built its Host through its own name; keep it and give it
+        # the plugin's event handling (see virt/host.py).
+        self._events = lifecycle_host.adopt(self._host, self._queue_event)
         self._power_states = None
-        self._hooks = hooks.ManagerHooks(self.recent_power_states)
+        self._hooks = hooks.ManagerHooks(self._recent_power_states)
         self._connection_lost = False
         self._reconnector = background.SingleRunner(
             self._reconnect_libvirt, 'lifecycle-reconnect')
@@ -99,7 +91,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             LOG.info('Event listener %r is not a compute manager method; '
                      'the power-state sync is not hooked.', callback)
 
-    def queue_event(self, event):
+    def _queue_event(self, event):
         """Accept an event from any thread without blocking it.
 
         libvirt's native event-loop thread calls this; the event is then
@@ -111,7 +103,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         """Deliver an event to the listener now, on the calling thread.
 
         Kept for callers of the ComputeDriver interface; the plugin's own
-        path is :meth:`queue_event`.
+        path is :meth:`_queue_event`.
         """
         if not isinstance(event, virtevent.Event):
             raise ValueError('Event must be an instance of '
@@ -157,7 +149,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
     def _route_host_notice(self, notice):
         if 'conn' in notice and 'reason' in notice:
-            self._host.queue_connection_closed(notice)
+            self._events.queue_connection_closed(notice)
         else:
             LOG.warning('Ignoring unexpected libvirt notice %r', notice)
 
@@ -184,7 +176,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._power_states = taken
         return len(taken)
 
-    def recent_power_states(self):
+    def _recent_power_states(self):
         """The last bulk snapshot, or None if there is no recent one."""
         taken = self._power_states
         if taken is not None and taken.age() <= SNAPSHOT_MAX_AGE:
@@ -251,6 +243,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._resyncer.stop()
         self._stats_logger.stop()
         super().cleanup_host(host)
+        self._events.stop()
         self._pipeline.stop()
         self._log_drained()
 
@@ -261,7 +254,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         that or an event still pending makes it a warning.
         """
         stats = self._pipeline.stats()
-        left = self._host.threads_alive() + self._pipeline.threads_alive()
+        left = self._events.threads_alive() + self._pipeline.threads_alive()
         left += [runner.name for runner in (
             self._reconnector, self._resyncer, self._stats_logger)
             if runner.is_running()]
@@ -276,9 +269,5 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
                  'threads': ('threads still running: %s' % ', '.join(left)
                              if left else 'no thread left')})
 
-    def lifecycle_threads_alive(self):
-        """Names of the plugin's threads still running (for tests, GMR)."""
-        return concurrency.plugin_threads()
-
-    def lifecycle_stats(self):
+    def _lifecycle_stats(self):
         return self._pipeline.stats()

@@ -118,37 +118,50 @@ class DriverOperations:
 
 
 def _instance_uuid(signature, args, kwargs):
-    bound = signature.bind_partial(*args, **kwargs)
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return None
     instance = bound.arguments.get('instance')
     return getattr(instance, 'uuid', None)
 
 
-def tracked(base_method, name):
-    """Wrap ``base_method`` to register each call as an operation.
+def tracked(cls, name):
+    """A method of ``cls`` that runs its base class's ``name`` as an operation.
 
-    The operation is called ``name`` and counted on the UUID of the
-    method's ``instance`` argument for as long as the call runs.
+    The base method is looked up on every call (``super()``), so a patch of
+    upstream's method (a test's mock, an operator's hot-fix) reaches it.
+    The call is counted as operation ``name`` on the UUID of its
+    ``instance`` argument, read with upstream's signature, which the
+    wrapper also shows to ``inspect`` so the driver's API looks like
+    upstream's.
     """
-    signature = inspect.signature(base_method)
+    signature = inspect.signature(getattr(cls, name))
 
-    @functools.wraps(base_method)
     def wrapper(self, *args, **kwargs):
+        method = getattr(super(cls, self), name)
         uuid = _instance_uuid(signature, (self,) + args, kwargs)
         if uuid is None:
-            return base_method(self, *args, **kwargs)
+            return method(*args, **kwargs)
         with self._operations.track(uuid, name):
-            return base_method(self, *args, **kwargs)
+            return method(*args, **kwargs)
 
+    functools.update_wrapper(wrapper, getattr(cls, name))
+    del wrapper.__wrapped__
+    wrapper.__signature__ = signature
     return wrapper
 
 
 def tracking_operations(cls):
-    """Class decorator: wrap the class's :data:`TRACKED_METHODS`.
+    """Class decorator: wrap the :data:`TRACKED_METHODS` ``cls`` inherits.
 
     Instances of the class must have a ``_operations`` attribute, a
     :class:`DriverOperations`.
     """
     for name in TRACKED_METHODS:
+        if name in vars(cls):
+            raise TypeError('%s defines %s itself; tracking_operations wraps '
+                            'inherited methods only' % (cls.__name__, name))
         if hasattr(cls, name):
-            setattr(cls, name, tracked(getattr(cls, name), name))
+            setattr(cls, name, tracked(cls, name))
     return cls

@@ -26,7 +26,7 @@ _registered = False
 
 def status(driver):
     """The driver's event path as plain data."""
-    stats = driver.lifecycle_stats()
+    stats = driver._lifecycle_stats()
     return {
         'events': {key: stats[key] for key in (
             'received', 'delivered', 'cancelled', 'failed', 'pending')},
@@ -60,7 +60,7 @@ def register(driver):
 
 def log_line(driver):
     """One INFO line with the counters (the periodic stats log)."""
-    stats = driver.lifecycle_stats()
+    stats = driver._lifecycle_stats()
     LOG.info('nova-lifecycle: %(received)d events received, %(delivered)d '
              'delivered, %(cancelled)d cancelled, %(failed)d failed, '
              '%(pending)d pending; %(held)d STOPPED held, dispatch queue '

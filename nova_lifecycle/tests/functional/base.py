@@ -40,6 +40,7 @@ from oslo_db.sqlalchemy import enginefacade
 
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.virt import events
 
 # Nova's own method, taken before any test mocks it on the class.
@@ -331,6 +332,9 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         self.flags(stopped_event_grace=GRACE, stopped_event_delay=DELAY,
                    group='lifecycle')
         self.flags(instances=-1, cores=-1, ram=-1, group='quota')
+        # Nova's harness keeps libvirt event threads off; the plugin's
+        # computes run theirs, as in nova-compute.
+        self.useFixture(lc_fixtures.LibvirtEvents())
         self.useFixture(RealisticDomainEvents())
         self.useFixture(BulkDomainStats())
         self.api_calls = self.useFixture(ComputeApiCalls())
@@ -420,7 +424,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     def _stop_compute_and_check(self, service):
         compute = self.lifecycle_computes.pop(service.host)
         driver = compute.driver
-        stats = driver.lifecycle_stats()
+        stats = driver._lifecycle_stats()
         self.assert_ledger_balanced(stats)
         self.assertEqual({}, stats['failed_by_error'], stats)
         service.stop()
@@ -433,7 +437,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         if not self.lifecycle_computes:
             self.assertEqual([], self._new_plugin_threads(),
                              'plugin threads left after cleanup_host')
-        self.assert_ledger_balanced(driver.lifecycle_stats())
+        self.assert_ledger_balanced(driver._lifecycle_stats())
         self.assertIsNone(driver._compute_event_callback)
 
     def _new_plugin_threads(self):
@@ -443,7 +447,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     # The plugin's ledger
 
     def lifecycle_stats(self):
-        return self.driver.lifecycle_stats()
+        return self.driver._lifecycle_stats()
 
     def assert_ledger_balanced(self, stats=None):
         stats = stats or self.lifecycle_stats()

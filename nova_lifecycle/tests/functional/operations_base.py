@@ -341,8 +341,8 @@ class OperationsTestBase(base.LifecycleTestBase):
         """Wait until every compute has handled every event it got."""
         for hostname, compute in self.lifecycle_computes.items():
             base.wait_until(
-                lambda: compute.driver.lifecycle_stats()['pending'] == 0)
-            stats = compute.driver.lifecycle_stats()
+                lambda: compute.driver._lifecycle_stats()['pending'] == 0)
+            stats = compute.driver._lifecycle_stats()
             self.assertEqual(0, stats['pending'],
                              '%s still has events pending: %s'
                              % (hostname, stats))
@@ -350,7 +350,7 @@ class OperationsTestBase(base.LifecycleTestBase):
     def mark(self):
         """Where every compute's records and counters are now."""
         return {hostname: (compute.fates.mark(),
-                           compute.driver.lifecycle_stats(),
+                           compute.driver._lifecycle_stats(),
                            len(compute.events.items))
                 for hostname, compute in self.lifecycle_computes.items()}
 
@@ -414,7 +414,7 @@ class OperationsTestBase(base.LifecycleTestBase):
                     self.assertNotIn(state, UP_STATES,
                                      '%s delivered on %s for a domain in '
                                      'state %s' % (detail, hostname, state))
-            stats = compute.driver.lifecycle_stats()
+            stats = compute.driver._lifecycle_stats()
             self.assert_ledger_balanced(stats)
             self.assertEqual({}, stats['failed_by_error'], stats)
             cancelled = (self.stopped_cancelled(stats) -

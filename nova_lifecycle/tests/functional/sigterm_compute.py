@@ -121,7 +121,7 @@ class Burst:
     def _run(self):
         loop = self._driver._host._event_loop
         while loop.is_alive() and self.sent < MAX_EVENTS:
-            if self.sent - self._driver.lifecycle_stats()['delivered'] > \
+            if self.sent - self._driver._lifecycle_stats()['delivered'] > \
                     BACKLOG:
                 # Pace the generator (and let green threads run).
                 time.sleep(0.01)
@@ -139,12 +139,12 @@ def _announce_when_ready(path, driver, held, burst):
     def ready():
         return (signal.getsignal(signal.SIGTERM) not in
                 (signal.SIG_DFL, None) and
-                driver.lifecycle_stats()['dispatch_queue'] > 0 and
+                driver._lifecycle_stats()['dispatch_queue'] > 0 and
                 len(driver._pipeline.held_stops()) == len(held))
 
     while not ready():
         time.sleep(0.05)
-    data = {'held': held, 'stats': driver.lifecycle_stats(),
+    data = {'held': held, 'stats': driver._lifecycle_stats(),
             'sent': burst.sent, 'pid': os.getpid()}
     with open(path + '.tmp', 'w') as f:
         json.dump(data, f)

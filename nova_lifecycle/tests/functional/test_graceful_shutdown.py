@@ -89,7 +89,7 @@ class PluginCompute:
         self.checked = False
 
     def stats(self):
-        return self.driver.lifecycle_stats()
+        return self.driver._lifecycle_stats()
 
 
 class GracefulShutdownBase(base.LifecycleTestBase):
@@ -503,7 +503,7 @@ class NovaScenariosTest(GracefulShutdownBase):
             lambda: not manager._syncs_in_progress))
         self.assertEqual([], self.log_lines('Periodic sync_power_state '
                                             'task had an error'))
-        self.assertEqual([], self.src.driver._host.threads_alive() +
+        self.assertEqual([], self.src.driver._events.threads_alive() +
                          self.src.driver._pipeline.threads_alive())
         self.assert_no_stop_calls()
 

@@ -94,7 +94,7 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
         self.assertFalse(thread.is_alive())
         self.assertEqual(
             power_state.RUNNING,
-            self.driver.recent_power_states().power_state(self.uuid))
+            self.driver._recent_power_states().power_state(self.uuid))
         # Its per-instance step waits for the instance's lock.
         self.assertIn(self.uuid, self.manager._syncs_in_progress)
 

@@ -104,7 +104,7 @@ class RecordingManager(compute_manager.ComputeManager):
         # The real one starts with the driver's instance count, where the
         # plugin takes its bulk snapshot of every domain's state.
         domains = self.driver.get_num_instances()
-        states = self.driver.recent_power_states()
+        states = self.driver._recent_power_states()
         with self._cond:
             self.resyncs.append(Resync(time.monotonic(), domains, states))
             self._cond.notify_all()

@@ -1,6 +1,7 @@
 """LibvirtLifecycleDriver on Nova's fake libvirt: the emitters end to end."""
 
 import threading
+from unittest import mock
 
 import fixtures
 from nova import test
@@ -64,6 +65,7 @@ class DriverTestCase(test.NoDBTestCase):
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
         self.useFixture(fixtures.Timeout(base.TEST_TIMEOUT, gentle=True))
         self.useFixture(fakelibvirt.LibvirtFixture())
+        self.useFixture(lc_fixtures.LibvirtEvents())
         # Connection events enable or disable the compute service in the
         # DB; these tests have none.
         self.set_host_enabled = self.useFixture(fixtures.MockPatch(
@@ -83,11 +85,26 @@ class DriverTestCase(test.NoDBTestCase):
 
 class LoadedDriverTest(DriverTestCase):
 
-    def test_is_a_libvirt_driver_with_the_plugin_host(self):
+    def test_is_a_libvirt_driver_with_upstreams_host(self):
+        """The Host is the one upstream built, with the plugin's handler."""
         self.assertIsInstance(self.driver, libvirt_driver.LibvirtDriver)
-        self.assertIsInstance(self.driver._host, lc_host.LifecycleHost)
-        self.assertIsInstance(self.driver._host, nova_host.Host)
+        self.assertIs(nova_host.Host, type(self.driver._host))
         self.assertIs(self.driver._host, self.driver.vif_driver.host)
+        self.assertIsInstance(self.driver._host._event_handler,
+                              lc_host.LifecycleEventHandler)
+
+    def test_a_mocked_host_class_reaches_the_driver(self):
+        """What patches ``host.Host`` patches the plugin's Host too."""
+        with mock.patch('nova.virt.libvirt.host.Host') as host_class:
+            driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
+                                                      False)
+        self.assertIs(host_class.return_value, driver._host)
+
+    def test_constructing_the_driver_starts_no_thread(self):
+        before = threading.active_count()
+        lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
+        self.assertEqual(before, threading.active_count())
+        self.assertEqual([], concurrency.plugin_threads())
 
     def test_options_reach_the_pipeline(self):
         self.flags(stopped_event_delay=7, dispatch_workers=3,
@@ -131,7 +148,7 @@ class EventPathTest(DriverTestCase):
             [e.transition for e in self.listener.events])
         self.assertTrue(driver._pipeline.ledger.wait_settled(4, WAIT))
         self.assertEqual({'superseded by Resumed': 1},
-                         driver.lifecycle_stats()['cancelled_by_reason'])
+                         driver._lifecycle_stats()['cancelled_by_reason'])
 
     def test_unregistered_listener_events_are_counted_not_lost(self):
         conn = self.start_events()
@@ -143,7 +160,7 @@ class EventPathTest(DriverTestCase):
         self.assertTrue(ledger.wait_settled(ledger.received, WAIT))
         self.assertEqual([], self.listener.events)
         self.assertIn('no listener',
-                      self.driver.lifecycle_stats()['cancelled_by_reason'])
+                      self.driver._lifecycle_stats()['cancelled_by_reason'])
 
     def test_queue_event_accepts_events_from_any_thread(self):
         self.driver.register_event_listener(self.listener)
@@ -151,7 +168,7 @@ class EventPathTest(DriverTestCase):
         event = virtevent.LifecycleEvent(UUID,
                                          virtevent.EVENT_LIFECYCLE_PAUSED)
         thread = concurrency.native_threading().Thread(
-            target=self.driver.queue_event, args=(event,), name='caller')
+            target=self.driver._queue_event, args=(event,), name='caller')
         thread.start()
         thread.join(WAIT)
         self.assertTrue(self.listener.wait_for(1))
@@ -205,7 +222,8 @@ class ConnectionAndShutdownTest(DriverTestCase):
         enabled, reason, thread = seen[1]
         self.assertFalse(enabled)
         self.assertIn('libvirtd went away', reason)
-        self.assertEqual(lc_host.CONN_THREAD_NAME, thread)
+        # On the Host's connection-event loop, not libvirt's thread.
+        self.assertNotEqual(eventloop.THREAD_NAME, thread)
         # Reconnected by the plugin, without waiting for a caller.
         self.assertTrue(seen[2][0])
         self.assertTrue(resynced.wait(WAIT))
@@ -223,10 +241,10 @@ class ConnectionAndShutdownTest(DriverTestCase):
         conn._emit_lifecycle(dom, events.STOPPED, events.STOPPED_SHUTDOWN)
         self.assertTrue(driver._pipeline.ledger.wait_received(2, WAIT))
         self.assertIn(eventloop.THREAD_NAME,
-                      driver.lifecycle_threads_alive())
+                      concurrency.plugin_threads())
         driver.cleanup_host('compute1')
-        self.assertEqual([], driver.lifecycle_threads_alive())
-        stats = driver.lifecycle_stats()
+        self.assertEqual([], concurrency.plugin_threads())
+        stats = driver._lifecycle_stats()
         self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
         self.assertEqual(0, stats['pending'])
         self.assertIn('Pending STOPPED event for instance %s dropped by '
@@ -250,4 +268,4 @@ class ConnectionAndShutdownTest(DriverTestCase):
         for thread in threads:
             thread.join(WAIT)
         self.assertEqual([], errors)
-        self.assertEqual([], self.driver.lifecycle_threads_alive())
+        self.assertEqual([], concurrency.plugin_threads())

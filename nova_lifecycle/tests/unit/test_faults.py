@@ -232,7 +232,7 @@ class FaultTestCase(test_driver.DriverTestCase):
 
     def stop_and_check_threads(self):
         self.driver.cleanup_host('compute1')
-        self.assertEqual([], self.driver.lifecycle_threads_alive())
+        self.assertEqual([], concurrency.plugin_threads())
         self.assert_all_ended()
 
 
@@ -470,8 +470,10 @@ class BulkSyncFaultTest(ManagerFaultTestCase):
     """getAllDomainStats fails during the periodic sync or the resync."""
 
     def setUp(self):
-        self.spawns = self.useFixture(test_sync.DeferredSpawn())
         super().setUp()
+        # After the driver's events started: the Host spawns its
+        # connection-event loop then.
+        self.spawns = self.useFixture(test_sync.DeferredSpawn())
         self.bulk_faults = []
         self.bulk_calls = 0
 
@@ -491,13 +493,13 @@ class BulkSyncFaultTest(ManagerFaultTestCase):
 
     def test_periodic_sync_while_libvirt_is_unreachable(self):
         self.bulk_faults.append(connection_reset())
-        before = self.driver.recent_power_states()
+        before = self.driver._recent_power_states()
         # As upstream's per-domain listing would, the error ends this run
         # of the periodic task (Nova's periodic task runner logs it).
         self.assertRaises(fakelibvirt.libvirtError,
                           self.compute._sync_power_states, self.context)
         self.assertEqual([], self.spawns.spawned)
-        self.assertIs(before, self.driver.recent_power_states())
+        self.assertIs(before, self.driver._recent_power_states())
         self.save.assert_not_called()
         # Events keep flowing meanwhile.
         self.assert_path_alive()
@@ -508,7 +510,7 @@ class BulkSyncFaultTest(ManagerFaultTestCase):
         self.assertEqual(1, self.spawns.run_all())
         self.assertEqual(2, self.bulk_calls)
         self.assertEqual(power_state.RUNNING,
-                         self.driver.recent_power_states().power_state(UUID))
+                         self.driver._recent_power_states().power_state(UUID))
 
     def test_resync_after_a_reconnect_survives_a_failing_bulk_query(self):
         resyncer = self.driver._resyncer
@@ -651,7 +653,7 @@ class BurstFaultTest(FaultTestCase):
         script = [(self.uuids[i % self.INSTANCES],
                    kinds[(i // self.INSTANCES) % len(kinds)])
                   for i in range(1000)]
-        loop = self.driver._host._event_loop
+        loop = self.driver._events.loop
         gate_ran = []
 
         def until_stop_requested():
@@ -669,7 +671,7 @@ class BurstFaultTest(FaultTestCase):
         self.assertTrue(self.loop.wait_ran(300))
         self.assertGreater(self.ledger.snapshot()['pending'], 0)
         self.driver.cleanup_host('compute1')
-        self.assertEqual([], self.driver.lifecycle_threads_alive())
+        self.assertEqual([], concurrency.plugin_threads())
         self.assertEqual([], self.loop.escaped)
         emitted = script[:self.loop.ran - len(gate_ran)]
         self.assertLess(len(emitted), len(script))
@@ -701,7 +703,7 @@ class BurstFaultTest(FaultTestCase):
                 self.listener.libvirt_events(uuid))
 
     def test_failing_loop_iterations_do_not_stop_the_loop(self):
-        loop = self.driver._host._event_loop
+        loop = self.driver._events.loop
         failures = [3]
         iteration = self.loop._iteration
 

@@ -5,7 +5,7 @@ and detail numbers (libvirt's and unknown ones, negative included), and of
 domains whose UUID cannot be read, that Nova does not know, or whose
 migration job cannot be read, with calls repeated and reordered as a
 reconnecting or lagging libvirtd could send them. The script goes through
-the entry libvirt calls (``LifecycleHost._event_lifecycle_callback``), on
+the entry libvirt calls (``virt.host.lifecycle_callback``), on
 a native thread as libvirt's loop, into the driver on Nova's fake libvirt
 and on to Nova's real ``ComputeManager.handle_events``.
 
@@ -297,7 +297,7 @@ class LifecycleCallbackFuzzTest(test_driver.DriverTestCase):
             for (identity, behaviour), event_type, detail in script:
                 dom = FuzzDomain(uuid_of[identity], behaviour)
                 try:
-                    lc_host.LifecycleHost._event_lifecycle_callback(
+                    lc_host.lifecycle_callback(
                         conn, dom, event_type, detail, self.host)
                 except BaseException as exc:
                     escaped.append(exc)

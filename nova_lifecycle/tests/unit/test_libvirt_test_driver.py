@@ -50,6 +50,7 @@ class TestDriverEventPathTest(test.NoDBTestCase):
     def setUp(self):
         super().setUp()
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
+        self.useFixture(lc_fixtures.LibvirtEvents())
         self.flags(connection_uri='test:///default', group='libvirt')
         self.flags(stopped_event_delay=60, dispatch_workers=2,
                    group='lifecycle')
@@ -79,7 +80,7 @@ class TestDriverEventPathTest(test.NoDBTestCase):
             [virtevent.EVENT_LIFECYCLE_STARTED] * 2,
             [e.transition for e in self.listener.events])
         self.assertEqual({'superseded by Started': 1},
-                         self.driver.lifecycle_stats()['cancelled_by_reason'])
+                         self.driver._lifecycle_stats()['cancelled_by_reason'])
 
     def test_blocked_listener_does_not_block_the_libvirt_loop(self):
         self.listener.gate.clear()

@@ -1,5 +1,6 @@
 """Fast and safe STOPPED: driver operations, the grace and the re-check."""
 
+import inspect
 import logging
 import threading
 
@@ -119,8 +120,37 @@ class TrackedMethodsTest(base.TestCase):
         for name in operations.TRACKED_METHODS:
             upstream = vars(libvirt_driver.LibvirtDriver).get(name)
             self.assertIsNotNone(upstream, name)
-            ours = getattr(lc_driver.LibvirtLifecycleDriver, name)
-            self.assertIs(upstream, ours.__wrapped__, name)
+            ours = vars(lc_driver.LibvirtLifecycleDriver).get(name)
+            self.assertIsNotNone(ours, name)
+            self.assertEqual(inspect.getfullargspec(upstream),
+                             inspect.getfullargspec(ours), name)
+
+    def test_a_patch_of_upstreams_method_reaches_the_wrapper(self):
+        """The base method is looked up per call, not kept from import."""
+        calls = []
+
+        def patched(self, instance, timeout=0, retry_interval=0):
+            calls.append(self._operations.active(instance.uuid))
+            return 'patched'
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.driver.LibvirtDriver.power_off', patched))
+        driver = lc_driver.LibvirtLifecycleDriver.__new__(
+            lc_driver.LibvirtLifecycleDriver)
+        driver._operations = operations.DriverOperations()
+        self.assertEqual('patched', driver.power_off(Instance(), timeout=1))
+        self.assertEqual([['power_off']], calls)
+
+    def test_a_method_the_class_defines_itself_is_refused(self):
+        class Base:
+            def power_off(self, instance):
+                pass
+
+        class Driver(Base):
+            def power_off(self, instance):
+                pass
+
+        self.assertRaises(TypeError, operations.tracking_operations, Driver)
 
     def test_stopping_methods_are_tracked_ones(self):
         self.assertLessEqual(operations.STOPPING_METHODS,

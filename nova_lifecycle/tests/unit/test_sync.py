@@ -335,12 +335,13 @@ class BulkSyncCallCountTest(test_driver.DriverTestCase):
 
     def setUp(self):
         super().setUp()
-        self.spawns = self.useFixture(DeferredSpawn())
         self.counter = self.useFixture(CallCounter())
         self.compute = compute_manager.ComputeManager()
         self.compute.driver = self.driver
         self.driver.register_event_listener(self.compute.handle_events)
         self.conn = self.start_events()
+        # After start_events: the Host spawns its connection-event loop.
+        self.spawns = self.useFixture(DeferredSpawn())
         self.useFixture(fixtures.MockPatchObject(objects.Instance,
                                                  'refresh'))
         self.useFixture(fixtures.MockPatchObject(
