@@ -77,6 +77,15 @@ def _live_state(host, instance):
         return power_state.SHUTDOWN
 
 
+def _request_shutdown(guest, instance, number):
+    """Send the guest one ACPI shutdown request; libvirt errors are logged."""
+    try:
+        guest.shutdown()
+    except events.libvirt_module().libvirtError as exc:
+        LOG.debug('Ignoring libvirt error from shutdown request %d: %s',
+                  number, exc, instance=instance)
+
+
 def clean_shutdown(host, waiters, instance, timeout, retry_interval,
                    clock=time.monotonic):
     """Ask the guest to shut down; True once its domain is off in time.
@@ -87,7 +96,6 @@ def clean_shutdown(host, waiters, instance, timeout, retry_interval,
     :param retry_interval: seconds between ACPI requests (0: one request).
     """
     deadline = clock() + timeout
-    libvirt = events.libvirt_module()
     try:
         guest = host.get_guest(instance)
     except exception.InstanceNotFound:
@@ -97,6 +105,12 @@ def clean_shutdown(host, waiters, instance, timeout, retry_interval,
     if state in _OFF:
         LOG.info('Instance already shutdown.', instance=instance)
         return True
+    if timeout <= 0:
+        # As upstream: one request, and no wait for it.
+        _request_shutdown(guest, instance, 1)
+        LOG.info('Instance failed to shutdown in %s seconds (1 request).',
+                 timeout, instance=instance)
+        return False
     waiter = waiters.register(instance.uuid)
     started = clock()
     requests = 0
@@ -106,11 +120,7 @@ def clean_shutdown(host, waiters, instance, timeout, retry_interval,
             now = clock()
             if now >= next_request and now < deadline:
                 requests += 1
-                try:
-                    guest.shutdown()
-                except libvirt.libvirtError as exc:
-                    LOG.debug('Ignoring libvirt error from shutdown request '
-                              '%d: %s', requests, exc, instance=instance)
+                _request_shutdown(guest, instance, requests)
                 next_request = (now + retry_interval if retry_interval > 0
                                 else float('inf'))
                 now = clock()

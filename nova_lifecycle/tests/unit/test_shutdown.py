@@ -141,6 +141,15 @@ class CleanShutdownTest(test_driver.DriverTestCase):
         self.assertFalse(result)
         self.assertEqual(1, guest.presses)
 
+    def test_no_wait_sends_one_request_as_upstream(self):
+        """timeout 0: one request, no wait, no further read of the domain."""
+        guest = self.guest(ignore=None)
+        result, _elapsed = self.clean_shutdown(timeout=0, retry_interval=3)
+        self.assertFalse(result)
+        self.assertEqual(1, guest.presses)
+        self.assertEqual(1, self.reads)
+        self.assertEqual(0, self.driver._stop_waiters.waiting())
+
     def test_already_off(self):
         guest = self.guest()
         self.raw_dom._state = SHUTOFF

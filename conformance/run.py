@@ -1,0 +1,233 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Run one suite of Nova's tests on the plugin and compare with upstream.
+
+    python -m conformance.run {functional,unit,compute} [--concurrency N]
+        [--baseline {recorded,run,record}]
+
+Upstream's outcomes come from ``baseline/nova-<version>-<suite>-<mode>.txt``
+(upstream's driver in the same virtualenv, recorded with ``--baseline
+record``); when the installed Nova has none yet, upstream's side runs here
+first and its file is written for the developer to commit. Every test whose
+outcome on the plugin differs from upstream's must be listed in
+``expected-differences.yaml`` with the behaviour it exercises; any other
+difference, and any listed one that no longer differs, fails the run.
+The mode is Nova's (``OS_NOVA_DISABLE_EVENTLET_PATCHING``).
+"""
+
+import argparse
+import collections
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import subunit
+import testtools
+import yaml
+
+from conformance import substitute
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+BASELINES = os.path.join(HERE, 'baseline')
+EXPECTED = os.path.join(HERE, 'expected-differences.yaml')
+BUILD = os.path.join(TOP, 'build', 'conformance')
+SUITES = ('functional', 'unit', 'compute')
+# What a test can end as, in the baseline files and the report.
+PASSED, FAILED, SKIPPED, MISSING = 'passed', 'failed', 'skipped', 'missing'
+_STATUS = {'success': PASSED, 'xfail': PASSED, 'fail': FAILED,
+           'uxsuccess': FAILED, 'skip': SKIPPED}
+
+
+def nova_release():
+    return importlib.metadata.version('nova')
+
+
+def concurrency_mode():
+    threads = os.environ.get('OS_NOVA_DISABLE_EVENTLET_PATCHING', '')
+    return ('threading' if threads.lower() in ('1', 'true', 'yes')
+            else 'eventlet')
+
+
+def baseline_path(suite, release, mode):
+    return os.path.join(BASELINES, 'nova-%s-%s-%s.txt' % (release, suite,
+                                                           mode))
+
+
+def read_outcomes(path):
+    """{test id: outcome} of a baseline file ('outcome test-id' lines)."""
+    outcomes = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip() and not line.startswith('#'):
+                outcome, test_id = line.split()
+                outcomes[test_id] = outcome
+    return outcomes
+
+
+def write_outcomes(path, outcomes, header):
+    with open(path, 'w') as f:
+        f.write('# %s\n' % header)
+        for test_id in sorted(outcomes):
+            f.write('%s %s\n' % (outcomes[test_id], test_id))
+
+
+def parse_subunit(path):
+    """{test id: (outcome, traceback text)} of a subunit v2 stream."""
+    found = {}
+
+    def on_test(test):
+        outcome = _STATUS.get(test['status'])
+        if outcome is None:
+            return
+        details = test['details']
+        text = ''
+        for name in ('traceback', 'reason'):
+            if name in details:
+                text = details[name].as_text()
+                break
+        found[test['id']] = (outcome, text)
+
+    with open(path, 'rb') as stream:
+        case = subunit.ByteStreamToStreamResult(stream)
+        result = testtools.StreamToDict(on_test)
+        result.startTestRun()
+        case.run(result)
+        result.stopTestRun()
+    return found
+
+
+def run_suite(suite, driver, concurrency, tag):
+    """Run the suite with one driver; {test id: (outcome, traceback)}."""
+    repo = os.path.join(BUILD, '%s-%s' % (tag, driver))
+    shutil.rmtree(repo, ignore_errors=True)
+    os.makedirs(repo)
+    # stestr keeps its repository in the directory it runs from.
+    stestr = [sys.executable, '-m', 'stestr', '--test-path',
+              os.path.join(HERE, 'suites', suite), '--top-dir', TOP]
+    env = dict(os.environ)
+    env[substitute.DRIVER_ENV] = driver
+    env.setdefault('OS_TEST_TIMEOUT', '160')
+    for name in ('OS_STDOUT_CAPTURE', 'OS_STDERR_CAPTURE', 'OS_LOG_CAPTURE'):
+        env.setdefault(name, '1')
+    stream = repo + '.subunit'
+    started = time.monotonic()
+    with open(stream, 'wb') as out:
+        rc = subprocess.run(
+            stestr + ['run', '--subunit', '--concurrency', str(concurrency)],
+            cwd=repo, env=env, stdout=out).returncode
+    found = parse_subunit(stream)
+    print('conformance: %s on %s: %d tests in %.0f s (stestr exit %d)'
+          % (suite, driver, len(found), time.monotonic() - started, rc),
+          flush=True)
+    if not found:
+        raise SystemExit('conformance: no test of %s ran on %s; see %s'
+                         % (suite, driver, stream))
+    return found
+
+
+def load_expected(suite, release, mode):
+    """{test id: entry} of the expected differences that apply here."""
+    with open(EXPECTED) as f:
+        entries = yaml.safe_load(f) or []
+    expected = {}
+    major = release.split('.')[0]
+    for entry in entries:
+        for key in ('test', 'suite', 'behaviour', 'covered_by'):
+            if not entry.get(key):
+                raise SystemExit('conformance: %s: entry %r lacks %r'
+                                 % (EXPECTED, entry, key))
+        if entry['suite'] != suite:
+            continue
+        if 'nova' in entry and int(major) not in entry['nova']:
+            continue
+        if 'modes' in entry and mode not in entry['modes']:
+            continue
+        expected[entry['test']] = entry
+    return expected
+
+
+def counts(outcomes):
+    tally = collections.Counter(outcomes.values())
+    return ', '.join('%d %s' % (tally[k], k)
+                     for k in (PASSED, FAILED, SKIPPED) if tally[k])
+
+
+def compare(upstream, plugin, expected):
+    """(unexpected, expected-and-seen, stale) test ids."""
+    differing = sorted(
+        test_id for test_id in set(upstream) | set(plugin)
+        if upstream.get(test_id, MISSING) != plugin.get(test_id, MISSING))
+    unexpected = [t for t in differing if t not in expected]
+    seen = [t for t in differing if t in expected]
+    stale = sorted(t for t in expected if t not in differing)
+    return unexpected, seen, stale
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('suite', choices=SUITES)
+    parser.add_argument('--concurrency', type=int, default=2)
+    parser.add_argument(
+        '--baseline', choices=('recorded', 'run', 'record'),
+        default='recorded',
+        help="upstream's outcomes: the recorded file (run and written when "
+             "there is none), run now, or run now and written")
+    args = parser.parse_args(argv)
+    release, mode = nova_release(), concurrency_mode()
+    tag = 'nova-%s-%s-%s' % (release, args.suite, mode)
+    path = baseline_path(args.suite, release, mode)
+    started = time.monotonic()
+    if args.baseline == 'recorded' and os.path.exists(path):
+        upstream = read_outcomes(path)
+    else:
+        ran = run_suite(args.suite, 'upstream', args.concurrency, tag)
+        upstream = {t: outcome for t, (outcome, _) in ran.items()}
+        if args.baseline != 'run':
+            write_outcomes(path, upstream, "upstream's LibvirtDriver, nova "
+                           "%s, %s mode: python -m conformance.run %s "
+                           "--baseline record" % (release, mode, args.suite))
+            print('conformance: wrote %s; commit it' % path)
+    plugin_run = run_suite(args.suite, 'plugin', args.concurrency, tag)
+    plugin = {t: outcome for t, (outcome, _) in plugin_run.items()}
+    expected = load_expected(args.suite, release, mode)
+    unexpected, seen, stale = compare(upstream, plugin, expected)
+    report = os.path.join(BUILD, tag + '.report.txt')
+    with open(report, 'w') as f:
+        for test_id in unexpected:
+            f.write('== %s: upstream %s, plugin %s\n%s\n' % (
+                test_id, upstream.get(test_id, MISSING),
+                plugin.get(test_id, MISSING),
+                plugin_run.get(test_id, ('', ''))[1]))
+    print('conformance: nova %s %s, %s: upstream %s; plugin %s; '
+          'differences: %d expected, %d unexpected, %d listed but gone '
+          '(%.0f s)' % (release, mode, args.suite, counts(upstream),
+                        counts(plugin), len(seen), len(unexpected),
+                        len(stale), time.monotonic() - started))
+    for test_id in unexpected:
+        print('conformance: unexpected difference: %s (upstream %s, plugin '
+              '%s)' % (test_id, upstream.get(test_id, MISSING),
+                       plugin.get(test_id, MISSING)))
+    for test_id in stale:
+        print('conformance: listed in expected-differences.yaml but no '
+              'longer differs: %s' % test_id)
+    if unexpected:
+        print('conformance: tracebacks in %s' % report)
+    return 1 if unexpected or stale else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,26 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The nova.tests.unit.virt.libvirt modules that build the driver or Host."""
+
+from conformance import suites
+
+MODULES = [
+    'nova.tests.unit.virt.libvirt.test_driver',
+    'nova.tests.unit.virt.libvirt.test_host',
+    'nova.tests.unit.virt.libvirt.test_guest',
+    'nova.tests.unit.virt.libvirt.volume.test_volume',
+]
+
+
+def load_tests(loader, tests, pattern):
+    return suites.load(loader, 'unit', MODULES)
