@@ -10,7 +10,7 @@ The compute manager's handler sleeps ``--handler-ms`` (a slow database).
 
 Upstream: nova's ``Host`` in native-threading mode, whose event handler
 calls the manager's handler on the loop thread itself. Plugin:
-``LifecycleHost`` feeding the driver's pipeline with its default
+``virt.host.lifecycle_callback`` feeding the driver's pipeline with its default
 ``[lifecycle] dispatch_workers``. Measured per event: time from the
 burst's arrival to the handler's start (p50, p99), and how long each
 callback held the loop thread (p99, max). Medians over the repeats; ratios are
@@ -145,10 +145,10 @@ def run_plugin(args, doms):
         _queue_event = staticmethod(p.queue_event)
 
     class Opaque:
-        """Stands for the LifecycleHost the callback gets as opaque."""
+        """Stands for the Host the callback gets as opaque."""
         _event_handler = Sink
 
-    burst_start, held = fire(lc_host.LifecycleHost._event_lifecycle_callback,
+    burst_start, held = fire(lc_host.lifecycle_callback,
                              Opaque, doms, args.events)
     handler.done.wait(600)
     p.stop()

@@ -9,8 +9,8 @@ The concurrency mode is Nova's: native threads, unless
 ``OS_NOVA_DISABLE_EVENTLET_PATCHING=false`` selects eventlet.
 
 One native thread plays libvirt's event loop. ``--rate`` times a second it
-calls the plugin's lifecycle callback (``LifecycleHost``'s, the one
-libvirt calls) for one of ``--instances`` domains living a random life:
+calls the plugin's lifecycle callback (``virt.host.lifecycle_callback``,
+the one libvirt calls) for one of ``--instances`` domains living a random life:
 paused and unpaused, hard-rebooted (STOPPED_DESTROYED then STARTED),
 powered off by the guest (SHUTDOWN_GUEST, STOPPED_SHUTDOWN) and started
 again, crashed. The events go through the plugin's ``EventPipeline`` with
@@ -250,10 +250,10 @@ class Soak:
             _queue_event = staticmethod(self.sink)
 
         class Opaque:
-            """Stands for the LifecycleHost libvirt passes as opaque."""
+            """Stands for the Host libvirt passes as opaque."""
             _event_handler = Sink
 
-        callback = lc_host.LifecycleHost._event_lifecycle_callback
+        callback = lc_host.lifecycle_callback
         period = 1.0 / self.args.rate
         next_at = native_time.monotonic()
         try:

@@ -30,6 +30,7 @@ from nova_lifecycle.mainjob import environment
 from nova_lifecycle.mainjob import fakevirt
 from nova_lifecycle.mainjob import results
 from nova_lifecycle.mainjob import upstream
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.functional import base as func_base
 
 CONF = conf.CONF
@@ -126,6 +127,10 @@ class DeploymentMixin:
         self.api_calls = self.useFixture(func_base.ComputeApiCalls())
         if self.driver_kind == results.UPSTREAM:
             self.useFixture(upstream.UpstreamEventThreads())
+        else:
+            # Nova's harness keeps libvirt events off; the plugin starts
+            # its own in Host._init_events, as in nova-compute.
+            self.useFixture(lc_fixtures.LibvirtEvents())
         self.hv = self._set_up_hypervisor()
         self.addCleanup(self._clean_up_hypervisor)
         self._threads_before = set(environment.plugin_threads())

@@ -145,12 +145,15 @@ class OwnDomainsOnly(fixtures.Fixture):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.host.Host.list_instance_domains',
             own_domains))
-        for cls, name in ((nova_host.Host, 'nova.virt.libvirt.host.Host'),
-                          (lifecycle_host.LifecycleHost,
-                           'nova_lifecycle.virt.host.LifecycleHost')):
+        # Upstream's callback is the Host's; the plugin's Host gets the
+        # module's lifecycle_callback when the driver is built.
+        for callback, name in (
+                (nova_host.Host._event_lifecycle_callback,
+                 'nova.virt.libvirt.host.Host._event_lifecycle_callback'),
+                (lifecycle_host.lifecycle_callback,
+                 'nova_lifecycle.virt.host.lifecycle_callback')):
             self.useFixture(fixtures.MonkeyPatch(
-                name + '._event_lifecycle_callback',
-                self._own_events(cls._event_lifecycle_callback)))
+                name, self._own_events(callback)))
 
     def _own_events(self, callback):
         prefix = self.prefix

@@ -268,7 +268,7 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
 
     @staticmethod
     def _owns(item, thread):
-        return getattr(item[0]._event_loop, '_thread', None) is thread
+        return getattr(item[0]._event_handler.loop, "_thread", None) is thread
 
 
 class LiveMigrationOnFake(fixtures.Fixture):

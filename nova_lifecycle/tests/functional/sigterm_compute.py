@@ -119,7 +119,7 @@ class Burst:
                                            events.STOPPED_DESTROYED)
 
     def _run(self):
-        loop = self._driver._host._event_loop
+        loop = self._driver._events.loop
         while loop.is_alive() and self.sent < MAX_EVENTS:
             if self.sent - self._driver._lifecycle_stats()['delivered'] > \
                     BACKLOG:

@@ -175,7 +175,7 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         self.assertEqual(0, stats['pending'], stats)
         self.assertEqual({}, stats['failed_by_error'], stats)
         self.assertIsNone(compute.driver._compute_event_callback)
-        self.assertFalse(compute.driver._host._event_loop.is_alive())
+        self.assertFalse(compute.driver._events.loop.is_alive())
 
     _stop_and_check = stop_and_check
 
@@ -251,7 +251,7 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         self.assertTrue(base.wait_until(
             lambda: compute.stats()['pending'] == 0),
             compute.stats())
-        self.assertTrue(compute.driver._host._event_loop.is_alive())
+        self.assertTrue(compute.driver._events.loop.is_alive())
 
     def assert_no_stop_calls(self):
         self.assertEqual([], self.api_calls.made('stop'))
