@@ -63,8 +63,8 @@ def concurrency_mode():
 
 
 def baseline_path(suite, release, mode):
-    return os.path.join(BASELINES, 'nova-%s-%s-%s.txt' % (release, suite,
-                                                           mode))
+    name = 'nova-%s-%s-%s.txt' % (release, suite, mode)
+    return os.path.join(BASELINES, name)
 
 
 def read_outcomes(path):

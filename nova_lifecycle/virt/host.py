@@ -118,8 +118,7 @@ class LifecycleEventHandler:
 
     @property
     def loop(self):
-        """The :class:`~eventloop.LibvirtEventLoop` (its failures, for
-        reports)."""
+        """The handler's :class:`~eventloop.LibvirtEventLoop`."""
         return self._loop
 
 
