@@ -12,7 +12,8 @@
 
 """Run one suite of Nova's tests on the plugin and compare with upstream.
 
-    python -m conformance.run {functional,unit,compute} [--concurrency N]
+    python -m conformance.run {functional,unit,compute}...
+        [--modes threading,eventlet] [--filter REGEX] [--concurrency N]
         [--baseline {recorded,run,record}]
 
 Upstream's outcomes come from ``baseline/nova-<version>-<suite>-<mode>.txt``
@@ -22,13 +23,15 @@ first and its file is written for the developer to commit. Every test whose
 outcome on the plugin differs from upstream's must be listed in
 ``expected-differences.yaml`` with the behaviour it exercises; any other
 difference, and any listed one that no longer differs, fails the run.
-The mode is Nova's (``OS_NOVA_DISABLE_EVENTLET_PATCHING``).
+Each suite runs in each of ``--modes`` (Nova's concurrency modes, set
+through ``OS_NOVA_DISABLE_EVENTLET_PATCHING``); ``--filter`` runs a sample.
 """
 
 import argparse
 import collections
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,10 +59,16 @@ def nova_release():
     return importlib.metadata.version('nova')
 
 
-def concurrency_mode():
-    threads = os.environ.get('OS_NOVA_DISABLE_EVENTLET_PATCHING', '')
-    return ('threading' if threads.lower() in ('1', 'true', 'yes')
-            else 'eventlet')
+MODES = ('threading', 'eventlet')
+# The modes each suite runs in unless told: Nova's functional harness once
+# (its threading mode is the one nova-compute 34 runs by default).
+DEFAULT_MODES = {'functional': ('threading',),
+                 'unit': MODES, 'compute': MODES}
+
+
+def mode_environment(mode):
+    """OS_NOVA_DISABLE_EVENTLET_PATCHING for one of :data:`MODES`."""
+    return 'true' if mode == 'threading' else 'false'
 
 
 def baseline_path(suite, release, mode):
@@ -110,7 +119,7 @@ def parse_subunit(path):
     return found
 
 
-def run_suite(suite, driver, concurrency, tag):
+def run_suite(suite, mode, driver, concurrency, tag, test_filter=None):
     """Run the suite with one driver; {test id: (outcome, traceback)}."""
     repo = os.path.join(BUILD, '%s-%s' % (tag, driver))
     shutil.rmtree(repo, ignore_errors=True)
@@ -120,6 +129,7 @@ def run_suite(suite, driver, concurrency, tag):
               os.path.join(HERE, 'suites', suite), '--top-dir', TOP]
     env = dict(os.environ)
     env[substitute.DRIVER_ENV] = driver
+    env['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = mode_environment(mode)
     env.setdefault('OS_TEST_TIMEOUT', '160')
     for name in ('OS_STDOUT_CAPTURE', 'OS_STDERR_CAPTURE', 'OS_LOG_CAPTURE'):
         env.setdefault(name, '1')
@@ -127,12 +137,13 @@ def run_suite(suite, driver, concurrency, tag):
     started = time.monotonic()
     with open(stream, 'wb') as out:
         rc = subprocess.run(
-            stestr + ['run', '--subunit', '--concurrency', str(concurrency)],
+            stestr + ['run', '--subunit', '--concurrency', str(concurrency)]
+            + ([test_filter] if test_filter else []),
             cwd=repo, env=env, stdout=out).returncode
     found = parse_subunit(stream)
-    print('conformance: %s on %s: %d tests in %.0f s (stestr exit %d)'
-          % (suite, driver, len(found), time.monotonic() - started, rc),
-          flush=True)
+    print('conformance: %s, %s, on %s: %d tests in %.0f s (stestr exit %d)'
+          % (suite, mode, driver, len(found), time.monotonic() - started,
+             rc), flush=True)
     if not found:
         raise SystemExit('conformance: no test of %s ran on %s; see %s'
                          % (suite, driver, stream))
@@ -177,33 +188,33 @@ def compare(upstream, plugin, expected):
     return unexpected, seen, stale
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('suite', choices=SUITES)
-    parser.add_argument('--concurrency', type=int, default=2)
-    parser.add_argument(
-        '--baseline', choices=('recorded', 'run', 'record'),
-        default='recorded',
-        help="upstream's outcomes: the recorded file (run and written when "
-             "there is none), run now, or run now and written")
-    args = parser.parse_args(argv)
-    release, mode = nova_release(), concurrency_mode()
-    tag = 'nova-%s-%s-%s' % (release, args.suite, mode)
-    path = baseline_path(args.suite, release, mode)
+def check(suite, mode, args):
+    """Run one suite in one mode; True when it shows no unexpected change."""
+    release = nova_release()
+    tag = 'nova-%s-%s-%s' % (release, suite, mode)
+    path = baseline_path(suite, release, mode)
     started = time.monotonic()
     if args.baseline == 'recorded' and os.path.exists(path):
         upstream = read_outcomes(path)
     else:
-        ran = run_suite(args.suite, 'upstream', args.concurrency, tag)
+        ran = run_suite(suite, mode, 'upstream', args.concurrency, tag,
+                        args.filter)
         upstream = {t: outcome for t, (outcome, _) in ran.items()}
-        if args.baseline != 'run':
+        if args.baseline != 'run' and not args.filter:
             write_outcomes(path, upstream, "upstream's LibvirtDriver, nova "
                            "%s, %s mode: python -m conformance.run %s "
-                           "--baseline record" % (release, mode, args.suite))
+                           "--modes %s --baseline record"
+                           % (release, mode, suite, mode))
             print('conformance: wrote %s; commit it' % path)
-    plugin_run = run_suite(args.suite, 'plugin', args.concurrency, tag)
+    plugin_run = run_suite(suite, mode, 'plugin', args.concurrency, tag,
+                           args.filter)
     plugin = {t: outcome for t, (outcome, _) in plugin_run.items()}
-    expected = load_expected(args.suite, release, mode)
+    if args.filter:
+        chosen = re.compile(args.filter)
+        upstream = {t: o for t, o in upstream.items() if chosen.search(t)}
+    expected = load_expected(suite, release, mode)
+    if args.filter:
+        expected = {t: e for t, e in expected.items() if t in upstream}
     unexpected, seen, stale = compare(upstream, plugin, expected)
     report = os.path.join(BUILD, tag + '.report.txt')
     with open(report, 'w') as f:
@@ -212,11 +223,13 @@ def main(argv=None):
                 test_id, upstream.get(test_id, MISSING),
                 plugin.get(test_id, MISSING),
                 plugin_run.get(test_id, ('', ''))[1]))
-    print('conformance: nova %s %s, %s: upstream %s; plugin %s; '
+    print('conformance: nova %s, %s, %s%s: upstream %s; plugin %s; '
           'differences: %d expected, %d unexpected, %d listed but gone '
-          '(%.0f s)' % (release, mode, args.suite, counts(upstream),
-                        counts(plugin), len(seen), len(unexpected),
-                        len(stale), time.monotonic() - started))
+          '(%.0f s)' % (release, suite, mode,
+                        ' (%s)' % args.filter if args.filter else '',
+                        counts(upstream), counts(plugin), len(seen),
+                        len(unexpected), len(stale),
+                        time.monotonic() - started), flush=True)
     for test_id in unexpected:
         print('conformance: unexpected difference: %s (upstream %s, plugin '
               '%s)' % (test_id, upstream.get(test_id, MISSING),
@@ -226,7 +239,33 @@ def main(argv=None):
               'longer differs: %s' % test_id)
     if unexpected:
         print('conformance: tracebacks in %s' % report)
-    return 1 if unexpected or stale else 0
+    return not (unexpected or stale)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('suites', nargs='+', choices=SUITES)
+    parser.add_argument(
+        '--modes', type=lambda value: value.split(','),
+        help='comma-separated, of %s (default: functional in threading, '
+             'the others in both)' % ', '.join(MODES))
+    parser.add_argument('--filter', help='only the test ids this regular '
+                        'expression finds (a sample)')
+    parser.add_argument('--concurrency', type=int, default=2)
+    parser.add_argument(
+        '--baseline', choices=('recorded', 'run', 'record'),
+        default='recorded',
+        help="upstream's outcomes: the recorded file (run and written when "
+             "there is none), run now, or run now and written")
+    args = parser.parse_args(argv)
+    for mode in args.modes or ():
+        if mode not in MODES:
+            parser.error('unknown mode %r' % mode)
+    ok = True
+    for suite in args.suites:
+        for mode in args.modes or DEFAULT_MODES[suite]:
+            ok = check(suite, mode, args) and ok
+    return 0 if ok else 1
 
 
 if __name__ == '__main__':

@@ -20,9 +20,15 @@ dependencies: ``nova_lifecycle.conf`` needs only oslo.config).
 
 # -- General configuration ---------------------------------------------------
 
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '_exts'))
+
 extensions = [
     'openstackdocstheme',
     'oslo_config.sphinxext',
+    'differences',
 ]
 
 # openstackdocstheme options
