@@ -93,6 +93,21 @@ class LoadedDriverTest(DriverTestCase):
         self.assertIsInstance(self.driver._host._event_handler,
                               lc_host.LifecycleEventHandler)
 
+    def test_upstreams_init_events_starts_the_plugins_handling(self):
+        """Drift test of the three seams virt/host.py uses in the Host."""
+        conn = self.start_events()
+        # _get_new_connection registered the plugin's lifecycle callback.
+        callback, opaque = conn._event_callbacks[
+            fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE]
+        self.assertIs(lc_host.lifecycle_callback, callback)
+        self.assertIs(self.driver._host, opaque)
+        # _init_events started the handler's loop...
+        self.assertIn(eventloop.THREAD_NAME, concurrency.plugin_threads())
+        # ... and spawned the handler's connection-event loop.
+        ran = threading.Event()
+        self.driver._host._conn_event_handler_queue.put(ran.set)
+        self.assertTrue(ran.wait(WAIT))
+
     def test_a_mocked_host_class_reaches_the_driver(self):
         """What patches ``host.Host`` patches the plugin's Host too."""
         with mock.patch('nova.virt.libvirt.host.Host') as host_class:
