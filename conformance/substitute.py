@@ -19,6 +19,7 @@ Which driver a test process runs is chosen by the environment variable
 
 import inspect
 import os
+import sys
 
 DRIVER_ENV = 'NOVA_LIFECYCLE_CONFORMANCE_DRIVER'
 DRIVERS = ('plugin', 'upstream')
@@ -106,8 +107,35 @@ def compute():
     compute_manager.ComputeManager.__init__ = __init__
 
 
+def installed_wheel():
+    """Nova's tests, as run from the installed wheel (both drivers).
+
+    Nova's test configuration looks for ``etc/nova/api-paste.ini`` beside
+    the ``nova`` package, where a source checkout has it; the wheel
+    installs it under the environment's prefix.
+    """
+    from nova.tests.fixtures import conf as conf_fixture
+
+    paste = None
+    for prefix in (sys.prefix, sys.base_prefix):
+        path = os.path.join(prefix, 'etc', 'nova', 'api-paste.ini')
+        if os.path.exists(path):
+            paste = path
+            break
+    if paste is None:
+        return
+    set_up = conf_fixture.ConfFixture.setUp
+
+    def setUp(self):
+        set_up(self)
+        self.conf.set_default('api_paste_config', paste, group='wsgi')
+
+    conf_fixture.ConfFixture.setUp = setUp
+
+
 def apply(suite):
     """Put the plugin in place for ``suite`` when this process tests it."""
+    installed_wheel()
     if driver() == 'plugin':
         {'functional': functional, 'unit': unit,
          'compute': compute}[suite]()
