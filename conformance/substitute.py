@@ -61,12 +61,13 @@ def unit():
     """``nova.virt.libvirt.driver.LibvirtDriver`` names the plugin's class.
 
     Nova's unit tests build the driver and patch its methods through that
-    name. The class bound to it is a subclass of the plugin's that carries
+    name (and ``nova.virt.libvirt.LibvirtDriver``). The class bound to it is a subclass of the plugin's that carries
     upstream's static and class methods in its own namespace: patching
     tools (``fixtures.MonkeyPatch``) restore an inherited staticmethod as
     a plain function, which then gets bound to ``self``; that is an
     artefact of rebinding the name, not a difference of the plugin's.
     """
+    from nova.virt import libvirt as libvirt_package
     from nova.virt.libvirt import driver as libvirt_driver
 
     from nova_lifecycle.virt import driver as lc_driver
@@ -81,8 +82,14 @@ def unit():
     for name, value in vars(lc_driver.LibvirtLifecycleDriver).items():
         if isinstance(value, (staticmethod, classmethod)):
             namespace[name] = value
-    libvirt_driver.LibvirtDriver = type(
-        upstream.__name__, (lc_driver.LibvirtLifecycleDriver,), namespace)
+    bound = type(upstream.__name__, (lc_driver.LibvirtLifecycleDriver,),
+                 namespace)
+    libvirt_driver.LibvirtDriver = bound
+    # The package re-exports the class; tests patch through both names. A
+    # patch of an inherited method through one name, once undone, leaves
+    # the method in that class's own namespace, where a patch through the
+    # other name would no longer reach it: one class under both names.
+    libvirt_package.LibvirtDriver = bound
 
 
 def compute():

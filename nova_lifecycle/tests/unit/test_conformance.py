@@ -8,6 +8,7 @@ import fixtures
 from nova import test
 from nova.virt import driver as virt_driver
 from nova.virt import fake
+from nova.virt import libvirt as libvirt_package
 from nova.virt.libvirt import driver as libvirt_driver
 
 from conformance import run
@@ -84,12 +85,14 @@ class VerdictTest(test.NoDBTestCase):
 class SubstitutionTest(test.NoDBTestCase):
 
     def test_unit_binds_a_plugin_class_with_upstreams_static_methods(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.virt.libvirt.driver.LibvirtDriver',
-            libvirt_driver.LibvirtDriver))
+        for name in ('nova.virt.libvirt.driver.LibvirtDriver',
+                     'nova.virt.libvirt.LibvirtDriver'):
+            self.useFixture(fixtures.MonkeyPatch(
+                name, libvirt_driver.LibvirtDriver))
         upstream = libvirt_driver.LibvirtDriver
         substitute.unit()
         bound = libvirt_driver.LibvirtDriver
+        self.assertIs(bound, libvirt_package.LibvirtDriver)
         self.assertTrue(issubclass(bound, lc_driver.LibvirtLifecycleDriver))
         self.assertEqual('LibvirtDriver', bound.__name__)
         # A static method upstream defines sits in the class's own
