@@ -61,8 +61,9 @@ def unit():
     """``nova.virt.libvirt.driver.LibvirtDriver`` names the plugin's class.
 
     Nova's unit tests build the driver and patch its methods through that
-    name (and ``nova.virt.libvirt.LibvirtDriver``). The class bound to it is a subclass of the plugin's that carries
-    upstream's static and class methods in its own namespace: patching
+    name (and ``nova.virt.libvirt.LibvirtDriver``). The class bound to it
+    is a subclass of the plugin's that carries upstream's static and class
+    methods in its own namespace: patching
     tools (``fixtures.MonkeyPatch``) restore an inherited staticmethod as
     a plain function, which then gets bound to ``self``; that is an
     artefact of rebinding the name, not a difference of the plugin's.
