@@ -233,11 +233,18 @@ def check(suite, mode, args):
         ran = run_suite(suite, mode, 'upstream', args.concurrency, tag,
                         args.filter, timeout=args.timeout)
         upstream = {t: outcome for t, (outcome, _) in ran.items()}
-        if args.baseline != 'run' and not args.filter:
-            write_outcomes(path, upstream, "upstream's LibvirtDriver, nova "
-                           "%s, %s mode: python -m conformance.run %s "
-                           "--modes %s --baseline record"
-                           % (release, mode, suite, mode))
+        if args.baseline != 'run':
+            recorded = upstream
+            command = ('python -m conformance.run %s --modes %s --baseline '
+                       'record' % (suite, mode))
+            if args.filter:
+                # A sample adds to (or starts) the file of its suite.
+                recorded = dict(read_outcomes(path)
+                                if os.path.exists(path) else {})
+                recorded.update(upstream)
+                command += " --filter '%s'" % args.filter
+            write_outcomes(path, recorded, "upstream's LibvirtDriver, nova "
+                           "%s, %s mode: %s" % (release, mode, command))
             print('conformance: wrote %s; commit it' % path)
     plugin_run = run_suite(suite, mode, 'plugin', args.concurrency, tag,
                            args.filter, timeout=args.timeout)
@@ -245,6 +252,9 @@ def check(suite, mode, args):
     if args.filter:
         chosen = re.compile(args.filter)
         upstream = {t: o for t, o in upstream.items() if chosen.search(t)}
+    if not upstream:
+        raise SystemExit('conformance: %s has no test of this run; record '
+                         'them with --baseline record' % path)
     expected = load_expected(suite, release, mode)
     if args.filter:
         expected = {t: e for t, e in expected.items() if t in upstream}
