@@ -55,11 +55,11 @@ if [ -z "${NOVA_LIFECYCLE_TEST_ENVS:-}" ]; then
     # place of upstream's driver, against upstream's recorded outcomes
     # (conformance/, doc/source/differences.rst). Nova 34: the whole
     # functional libvirt package (threading), the libvirt unit modules
-    # and the compute manager's lifecycle tests in both modes. Nova 33:
-    # the unit modules in eventlet (nova-compute 33's mode; one of Nova's
-    # own tests hangs in threading there), the manager's tests in both
-    # modes, and a sample of the functional package
-    # (CONFORMANCE_NOVA33_FUNCTIONAL).
+    # and the compute manager's lifecycle tests in both modes. Nova 33,
+    # in eventlet (nova-compute 33's mode; Nova's own harness does not
+    # run its libvirt tests in threading there): the unit modules and a
+    # sample of the functional package (CONFORMANCE_NOVA33_FUNCTIONAL);
+    # the manager's tests in both modes.
     step "conformance (nova 34)" .venv-tools/bin/tox -e conformance-nova34 \
         -- functional unit compute
     step "conformance (nova 33)" .venv-tools/bin/tox -e conformance-nova33 \
