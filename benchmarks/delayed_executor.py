@@ -26,7 +26,7 @@ from nova import monkey_patch  # noqa: E402
 
 monkey_patch.patch()
 
-from nova_lifecycle import delayed  # noqa: E402
+from nova_lifecycle.common import delayed  # noqa: E402
 
 
 def upstream_class():

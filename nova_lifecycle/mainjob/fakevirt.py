@@ -30,7 +30,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 from nova_lifecycle import concurrency
 from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests.functional import base as func_base
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 # Seconds an ACPI-honouring fake guest takes to power off.
 ACPI_DELAY = 0.5
@@ -46,9 +46,9 @@ SHUTOFF = fakelibvirt.VIR_DOMAIN_SHUTOFF
 
 # State asked for -> lifecycle events that bring a domain into it.
 STATE_EVENTS = {
-    'running': (events.STARTED, events.RESUMED),
-    'shutoff': (events.STOPPED,),
-    'paused': (events.SUSPENDED,),
+    'running': (libvirt_events.VIR_DOMAIN_EVENT_STARTED, libvirt_events.VIR_DOMAIN_EVENT_RESUMED),
+    'shutoff': (libvirt_events.VIR_DOMAIN_EVENT_STOPPED,),
+    'paused': (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,),
 }
 SUSPENDED_PAUSED = 0
 RESUMED_UNPAUSED = 0
@@ -94,7 +94,7 @@ class EventTimeline(fixtures.Fixture):
 
     def names(self, uuid):
         with self._lock:
-            return [events.event_name(event, detail)
+            return [libvirt_events.event_name(event, detail)
                     for _, seen, event, detail in self._events
                     if seen == uuid]
 
@@ -105,9 +105,9 @@ class PauseEvents(fixtures.Fixture):
     def _setUp(self):
         domain = fakelibvirt.Domain
         _patch(self, 'Domain.suspend', self._wrap(
-            domain.suspend, events.SUSPENDED, SUSPENDED_PAUSED))
+            domain.suspend, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED))
         _patch(self, 'Domain.resume', self._wrap(
-            domain.resume, events.RESUMED, RESUMED_UNPAUSED))
+            domain.resume, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED))
 
     @staticmethod
     def _wrap(method, event, detail):
@@ -267,8 +267,8 @@ class FakeHypervisor:
         if dom._state != RUNNING:
             raise scenarios.ScenarioFailed('domain not running')
         changed = time.monotonic()
-        self.connection._emit_lifecycle(dom, events.SHUTDOWN,
-                                        events.SHUTDOWN_GUEST)
+        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                        libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
         dom._state = SHUTOFF
         self.connection._mark_not_running(dom)
         return changed

@@ -14,18 +14,18 @@ from nova.virt import event as virtevent
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import event as libvirtevent
 
-from nova_lifecycle import background
+from nova_lifecycle.common import background
 from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import host as lifecycle_host
 from nova_lifecycle.virt import operations
-from nova_lifecycle.virt import pipeline
-from nova_lifecycle.virt import report
+from nova_lifecycle.eventpath import path as event_path
+from nova_lifecycle.virt import status_report
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
-from nova_lifecycle.virt import stopped
+from nova_lifecycle.eventpath import policy
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -50,10 +50,10 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         super().__init__(virtapi, read_only)
         self._operations = operations.DriverOperations(
             on_idle=self._operations_ended)
-        self._stopped_policy = stopped.StoppedPolicy(
+        self._stopped_policy = policy.StoppedPolicy(
             CONF.lifecycle, self._operations, self._live_domain_state)
         self._stop_waiters = shutdown.StopWaiters()
-        self._pipeline = pipeline.EventPipeline(
+        self._pipeline = event_path.EventPipeline(
             deliver=self._deliver_event,
             stopped_event_delay=CONF.lifecycle.stopped_event_delay,
             workers=CONF.lifecycle.dispatch_workers,
@@ -138,7 +138,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
     def _live_domain_state(self, uuid):
         """libvirt's state number for the domain, None if there is none."""
-        libvirt = events.libvirt_module()
+        libvirt = libvirt_events.libvirt_module()
         conn = self._host.get_connection()
         try:
             return conn.lookupByUUIDString(uuid).info()[0]
@@ -217,14 +217,14 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
     def init_host(self, host):
         self._pipeline.start()
-        report.register(self)
+        status_report.register(self)
         if CONF.lifecycle.stats_log_interval:
             self._stats_logger.trigger()
         super().init_host(host)
 
     def _log_stats(self, stopping):
         while not stopping.wait(CONF.lifecycle.stats_log_interval):
-            report.log_line(self)
+            status_report.log_line(self)
 
     def cleanup_host(self, host):
         """Wind down every thread of the plugin; safe to call again.

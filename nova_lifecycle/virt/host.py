@@ -36,8 +36,8 @@ import functools
 
 from oslo_log import log as logging
 
-from nova_lifecycle.virt import eventloop
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import loop as libvirt_loop
+from nova_lifecycle.eventpath import libvirt_events
 
 LOG = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def lifecycle_callback(conn, dom, event, detail, opaque):
     event keeps libvirt's numbers. Only libvirt calls and the handler's
     queue are allowed here: no logging.
     """
-    lifecycle_event = events.translate(dom, event, detail)
+    lifecycle_event = libvirt_events.translate(dom, event, detail)
     if lifecycle_event is not None:
         opaque._event_handler._queue_event(lifecycle_event)
 
@@ -74,7 +74,7 @@ class LifecycleEventHandler:
     def __init__(self, host, sink):
         self._host = host
         self._sink = sink
-        self._loop = eventloop.LibvirtEventLoop()
+        self._loop = libvirt_loop.LibvirtEventLoop()
         self._conn_stopping = False
 
     def start(self):
@@ -114,11 +114,11 @@ class LifecycleEventHandler:
 
     def threads_alive(self):
         """Names of the handler's threads still running."""
-        return [eventloop.THREAD_NAME] if self._loop.is_alive() else []
+        return [libvirt_loop.THREAD_NAME] if self._loop.is_alive() else []
 
     @property
     def loop(self):
-        """The handler's :class:`~eventloop.LibvirtEventLoop`."""
+        """The handler's :class:`~libvirt_loop.LibvirtEventLoop`."""
         return self._loop
 
 

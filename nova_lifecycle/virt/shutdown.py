@@ -19,7 +19,7 @@ from nova import exception
 from nova.virt import event as virtevent
 from oslo_log import log as logging
 
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 LOG = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _request_shutdown(guest, instance, number):
     """Send the guest one ACPI shutdown request; libvirt errors are logged."""
     try:
         guest.shutdown()
-    except events.libvirt_module().libvirtError as exc:
+    except libvirt_events.libvirt_module().libvirtError as exc:
         LOG.debug('Ignoring libvirt error from shutdown request %d: %s',
                   number, exc, instance=instance)
 

@@ -11,7 +11,7 @@ import time
 from nova.compute import power_state
 from nova.virt.libvirt import guest as libvirt_guest
 
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 # libvirt's VIR_DOMAIN_STATS_STATE: the "state" group of domain stats.
 STATS_STATE = 1
@@ -50,7 +50,7 @@ def take(conn):
     Falls back to listing the domains and asking each one (what upstream
     costs) where the connection lacks the call (old libvirt, Nova's fake).
     """
-    libvirt = events.libvirt_module()
+    libvirt = libvirt_events.libvirt_module()
     get_all_stats = getattr(conn, 'getAllDomainStats', None)
     if get_all_stats is not None:
         try:

@@ -41,7 +41,7 @@ from oslo_db.sqlalchemy import enginefacade
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
 from nova_lifecycle.tests import fixtures as lc_fixtures
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 # Nova's own method, taken before any test mocks it on the class.
 _REAL_GET_CONNECTION = nova_host.Host.get_connection
@@ -125,9 +125,9 @@ class RealisticDomainEvents(fixtures.Fixture):
         @functools.wraps(destroy)
         def wrapper(dom):
             if dom._state == RUNNING:
-                dom._connection._emit_lifecycle(dom, events.SHUTDOWN,
-                                                events.SHUTDOWN_HOST)
-            dom._lifecycle_stopped_detail = events.STOPPED_DESTROYED
+                dom._connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+            dom._lifecycle_stopped_detail = libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED
             try:
                 return destroy(dom)
             finally:
@@ -139,8 +139,8 @@ class RealisticDomainEvents(fixtures.Fixture):
         @functools.wraps(shutdown)
         def wrapper(dom):
             if dom._state == RUNNING:
-                dom._connection._emit_lifecycle(dom, events.SHUTDOWN,
-                                                events.SHUTDOWN_GUEST)
+                dom._connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
             return shutdown(dom)
         return wrapper
 
@@ -148,7 +148,7 @@ class RealisticDomainEvents(fixtures.Fixture):
     def _emit(emit):
         @functools.wraps(emit)
         def wrapper(conn, dom, event, detail):
-            if event == events.STOPPED:
+            if event == libvirt_events.VIR_DOMAIN_EVENT_STOPPED:
                 detail = getattr(dom, '_lifecycle_stopped_detail', detail)
             return emit(conn, dom, event, detail)
         return wrapper
@@ -292,10 +292,10 @@ class QueuedEvents(fixtures.Fixture):
 
         def recording(item):
             name = None
-            if isinstance(item, events.ShutdownNotice):
-                name = events.event_name(events.SHUTDOWN,
+            if isinstance(item, libvirt_events.ShutdownNotice):
+                name = libvirt_events.event_name(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
                                          item.libvirt_detail)
-            elif isinstance(item, events.DomainLifecycleEvent):
+            elif isinstance(item, libvirt_events.DomainLifecycleEvent):
                 name = item.detail_name
             if name is not None:
                 with self._lock:
@@ -479,8 +479,8 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     def domain(self, server):
         return self.connection.lookupByUUIDString(server['id'])
 
-    def guest_stops(self, server, stopped_detail=events.STOPPED_SHUTDOWN,
-                    shutdown_detail=events.SHUTDOWN_GUEST):
+    def guest_stops(self, server, stopped_detail=libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN,
+                    shutdown_detail=libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST):
         """The guest stops by itself, and libvirt says so.
 
         By default it powers itself off: SHUTDOWN_GUEST, then
@@ -490,7 +490,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         dom = self.domain(server)
         self.assertEqual(RUNNING, dom._state)
         if shutdown_detail is not None:
-            self.connection._emit_lifecycle(dom, events.SHUTDOWN,
+            self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
                                             shutdown_detail)
         dom._state = SHUTOFF
         dom._lifecycle_stopped_detail = stopped_detail
@@ -508,10 +508,10 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         """
         dom = self.domain(server)
         self.assertEqual(RUNNING, dom._state)
-        self.connection._emit_lifecycle(dom, events.SHUTDOWN,
-                                        events.SHUTDOWN_GUEST)
-        self.connection._emit_lifecycle(dom, events.STOPPED,
-                                        events.STOPPED_SHUTDOWN)
+        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                        libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
+                                        libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def power_off_silently(self, server):
         """The domain stops and libvirt's events about it are lost."""

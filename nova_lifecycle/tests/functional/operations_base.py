@@ -26,7 +26,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
 
 from nova_lifecycle.tests.functional import base
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 # libvirt's event details the fake has no names for.
 SUSPENDED_PAUSED = 0
@@ -203,7 +203,7 @@ class StartAndSaveEvents(fixtures.Fixture):
         def wrapper(dom, flags):
             conn = dom._connection
             if dom._state == base.RUNNING:
-                conn._emit_lifecycle(dom, events.SUSPENDED, SUSPENDED_PAUSED)
+                conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED)
             dom._state = base.SHUTOFF
             dom._lifecycle_stopped_detail = STOPPED_SAVED
             try:
@@ -219,7 +219,7 @@ class StartAndSaveEvents(fixtures.Fixture):
             if dom.hasManagedSaveImage(0):
                 start_silently(conn, dom)
                 dom._has_saved_state = False
-                conn._emit_lifecycle(dom, events.STARTED, STARTED_RESTORED)
+                conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, STARTED_RESTORED)
                 conn._emit_lifecycle(dom, RESUMED, RESUMED_FROM_SNAPSHOT)
                 return None
             if not flags & fakelibvirt.VIR_DOMAIN_START_PAUSED:
@@ -276,22 +276,22 @@ class LiveMigrationEvents(fixtures.Fixture):
         dom._job_type = fakelibvirt.VIR_DOMAIN_JOB_UNBOUNDED
         new = dest.defineXML(params['destination_xml'])
         start_silently(dest, new)
-        dest._emit_lifecycle(new, events.STARTED, STARTED_MIGRATED)
+        dest._emit_lifecycle(new, libvirt_events.VIR_DOMAIN_EVENT_STARTED, STARTED_MIGRATED)
         if self.fail_next:
             self.fail_next = False
             return self._fail(dom, dest, new)
         dom._state = PAUSED
-        source._emit_lifecycle(dom, events.SUSPENDED, SUSPENDED_MIGRATED)
+        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_MIGRATED)
         dest._emit_lifecycle(new, RESUMED, RESUMED_MIGRATED)
         stop_silently(source, dom)
-        source._emit_lifecycle(dom, events.STOPPED, STOPPED_MIGRATED)
+        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, STOPPED_MIGRATED)
         dom.undefine()
         self.migrated.append(dom.UUIDString())
         dom.complete_job()
 
     def _fail(self, dom, dest, new):
         stop_silently(dest, new)
-        dest._emit_lifecycle(new, events.STOPPED, events.STOPPED_FAILED)
+        dest._emit_lifecycle(new, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_FAILED)
         new.undefine()
         self.failed.append(dom.UUIDString())
         dom.fail_job()

@@ -26,7 +26,7 @@ import fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import shutdown
 
 # Seconds a held call or a fixture thread may wait before giving up.
@@ -51,7 +51,7 @@ def mark_running(conn, dom, detail):
     dom._id = conn._id_counter
     conn._running_vms[conn._id_counter] = dom
     conn._id_counter += 1
-    conn._emit_lifecycle(dom, events.STARTED, detail)
+    conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, detail)
 
 
 def mark_stopped(conn, dom, detail):
@@ -205,8 +205,8 @@ class AcpiGuests(fixtures.Fixture):
         if dom._state != RUNNING:
             return
         conn = dom._connection
-        conn._emit_lifecycle(dom, events.SHUTDOWN, events.SHUTDOWN_GUEST)
-        mark_stopped(conn, dom, events.STOPPED_SHUTDOWN)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        mark_stopped(conn, dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
         guest.off = True
 
     def _join(self):
@@ -306,10 +306,10 @@ class LiveMigrationOnFake(fixtures.Fixture):
         dest = self._connections[parse.urlparse(dconnuri).hostname]
         copy = dest.defineXML(params['destination_xml'])
         mark_running(dest, copy, STARTED_MIGRATED)
-        dest._emit_lifecycle(copy, events.RESUMED, RESUMED_MIGRATED)
+        dest._emit_lifecycle(copy, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_MIGRATED)
         source = dom._connection
         dom.complete_job()
-        source._emit_lifecycle(dom, events.SUSPENDED,
-                               events.SUSPENDED_MIGRATED)
+        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
+                               libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
         mark_stopped(source, dom, STOPPED_MIGRATED)
         self.migrated.append(dom.UUIDString())

@@ -44,7 +44,7 @@ from nova import service as nova_service
 from oslo_service import opts as service_opts
 
 from nova_lifecycle.tests.functional import shutdown_fixtures
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 GRACEFUL_SHUTDOWN_TIMEOUT = 10
 MANAGER_SHUTDOWN_TIMEOUT = 2
@@ -113,10 +113,10 @@ class Burst:
     def destroy_behind_novas_back(self, uuids):
         for uuid in uuids:
             dom = self._conn.lookupByUUIDString(uuid)
-            self._conn._emit_lifecycle(dom, events.SHUTDOWN,
-                                       events.SHUTDOWN_HOST)
+            self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                       libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
             shutdown_fixtures.mark_stopped(self._conn, dom,
-                                           events.STOPPED_DESTROYED)
+                                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
 
     def _run(self):
         loop = self._driver._events.loop
@@ -128,9 +128,9 @@ class Burst:
                 continue
             dom = self._domains[self.sent // 2 % len(self._domains)]
             if self.sent % 2:
-                self._conn._emit_lifecycle(dom, events.RESUMED, 0)
+                self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0)
             else:
-                self._conn._emit_lifecycle(dom, events.SUSPENDED, 0)
+                self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
             self.sent += 1
 
 

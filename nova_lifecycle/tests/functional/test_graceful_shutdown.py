@@ -42,7 +42,7 @@ from oslo_utils import fileutils
 
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import shutdown
 
 # Nova 34 tracks the manager's tasks and skips periodic tasks during a
@@ -875,11 +875,11 @@ class DrainTest(GracefulShutdownBase):
         # The guest powers itself off: handed on after the grace, while
         # the service shuts down. The others are destroyed behind Nova's
         # back: held for the full delay, still held at cleanup_host.
-        self.external_stop(guest_off, events.SHUTDOWN_GUEST,
-                           events.STOPPED_SHUTDOWN)
+        self.external_stop(guest_off, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
+                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
         for server in destroyed:
-            self.external_stop(server, events.SHUTDOWN_HOST,
-                               events.STOPPED_DESTROYED)
+            self.external_stop(server, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST,
+                               libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertTrue(base.wait_until(
             lambda: self.src.stats()['delivered'] ==
             before['delivered'] + 1), self.src.stats())
@@ -935,8 +935,8 @@ class DrainTest(GracefulShutdownBase):
         before = self.src.stats()['cancelled_by_reason'].get(
             'no listener', 0)
 
-        self.external_stop(server, events.SHUTDOWN_GUEST,
-                           events.STOPPED_SHUTDOWN)
+        self.external_stop(server, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
+                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
         self.assertTrue(base.wait_until(
             lambda: self.src.stats()['cancelled_by_reason'].get(
@@ -960,5 +960,5 @@ class DrainTest(GracefulShutdownBase):
     def external_stop(self, server, shutdown_detail, stopped_detail):
         conn = self.src.connection
         dom = conn.lookupByUUIDString(server['id'])
-        conn._emit_lifecycle(dom, events.SHUTDOWN, shutdown_detail)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
         shutdown_fixtures.mark_stopped(conn, dom, stopped_detail)

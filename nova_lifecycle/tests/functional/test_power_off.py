@@ -26,7 +26,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 SUSPENDED_IOERROR = 2
 RESUMED_UNPAUSED = 0
@@ -129,8 +129,8 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
         self.assertTrue(self.guests.wait_for_press(self.uuid))
         self.run_sync_in_the_middle(sync, sync_thread)
         # The guest pauses on an I/O error and resumes meanwhile.
-        self.emit(events.SUSPENDED, SUSPENDED_IOERROR)
-        self.emit(events.RESUMED, RESUMED_UNPAUSED)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_IOERROR)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED)
         self.guests.release(self.uuid)
 
         self.assert_stopped_by_nova_alone()
@@ -152,9 +152,9 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
         # The guest restarts on the power button instead of shutting down
         # (an OS set to do so): the power-off is woken, finds the domain
         # running, and goes on pressing.
-        self.emit(events.SHUTDOWN, events.SHUTDOWN_GUEST)
-        self.emit(events.STOPPED, events.STOPPED_SHUTDOWN)
-        self.emit(events.STARTED, 0)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
         self.assertTrue(self.guests.wait_for_press(self.uuid, count=2))
 
         self.assert_stopped_by_nova_alone()

@@ -12,7 +12,7 @@ from nova.compute import vm_states
 from nova import objects
 
 from nova_lifecycle.tests.functional import base
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 
 class PowerStateTestCase(base.LifecycleTestBase):
@@ -70,7 +70,7 @@ class GuestStopTest(PowerStateTestCase):
     def test_guest_crash_reaches_api_within_the_grace(self):
         server, before = self.boot()
 
-        self.guest_stops(server, stopped_detail=events.STOPPED_CRASHED,
+        self.guest_stops(server, stopped_detail=libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
                          shutdown_detail=None)
 
         self.assertEqual(['STARTED_BOOTED', 'STOPPED_CRASHED'],

@@ -14,7 +14,7 @@ import uuid
 from nova_lifecycle import concurrency
 from nova_lifecycle.tests.integration import base
 from nova_lifecycle.tests.integration import driver_base
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 libvirt = base.libvirt
 
@@ -84,7 +84,7 @@ class TestGuestPowersOff(driver_base.DriverTestCase):
 
         event = delivered.event
         self.assertEqual('STOPPED_SHUTDOWN', event.detail_name)
-        self.assertEqual(events.SHUTDOWN_GUEST, event.shutdown_detail)
+        self.assertEqual(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST, event.shutdown_detail)
         # The plugin's callback ran when libvirt sent the event (the test's
         # own connection heard it at the same moment, give or take the
         # scheduling of two threads) ...

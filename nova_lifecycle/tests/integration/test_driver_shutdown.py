@@ -29,7 +29,7 @@ class TestCleanShutdown(driver_base.DriverTestCase):
     # core, and the bounds below are tens of milliseconds.
     exclusive_daemon = True
     # The STOPPED of a power-off is held while power_off runs, then for
-    # the grace (see nova_lifecycle.virt.stopped).
+    # the grace (see nova_lifecycle.eventpath.policy).
     stopped_event_grace = 0.5
     # Bounds a loaded 2-core CI machine keeps; each test notes the figure
     # it measured, and benchmarks/clean_shutdown.py shows the precise ones.

@@ -8,7 +8,7 @@ import weakref
 
 import futurist
 
-from nova_lifecycle import delayed
+from nova_lifecycle.common import delayed
 from nova_lifecycle.tests import base
 
 WAIT = 10  # seconds a test waits on a Future before calling it a hang

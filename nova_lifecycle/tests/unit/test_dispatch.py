@@ -10,7 +10,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""Unit tests for nova_lifecycle.dispatch.KeyedDispatcher.
+"""Unit tests for nova_lifecycle.common.dispatch.KeyedDispatcher.
 
 The test package applies Nova's monkey patching according to
 OS_NOVA_DISABLE_EVENTLET_PATCHING, so these tests run either with native
@@ -32,7 +32,7 @@ import futurist
 from nova import utils
 import testtools
 
-from nova_lifecycle import dispatch
+from nova_lifecycle.common import dispatch
 
 # Upper bound for waits that are expected to succeed at once; a failure
 # then shows up as a test failure rather than a hang.

@@ -16,8 +16,8 @@ from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.virt import eventloop
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import loop as libvirt_loop
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import host as lc_host
 
 WAIT = 10
@@ -102,7 +102,7 @@ class LoadedDriverTest(DriverTestCase):
         self.assertIs(lc_host.lifecycle_callback, callback)
         self.assertIs(self.driver._host, opaque)
         # _init_events started the handler's loop...
-        self.assertIn(eventloop.THREAD_NAME, concurrency.plugin_threads())
+        self.assertIn(libvirt_loop.THREAD_NAME, concurrency.plugin_threads())
         # ... and spawned the handler's connection-event loop.
         ran = threading.Event()
         self.driver._host._conn_event_handler_queue.put(ran.set)
@@ -141,7 +141,7 @@ class EventPathTest(DriverTestCase):
         self.assertEqual(UUID, event.uuid)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STARTED, event.transition)
         self.assertEqual('STARTED_BOOTED', event.detail_name)
-        self.assertNotEqual(eventloop.THREAD_NAME, self.listener.threads[0])
+        self.assertNotEqual(libvirt_loop.THREAD_NAME, self.listener.threads[0])
 
     def test_stopped_waits_and_a_reboot_cancels_it(self):
         self.flags(stopped_event_delay=60, group='lifecycle')
@@ -152,9 +152,9 @@ class EventPathTest(DriverTestCase):
         dom = conn.createXML(DOMAIN_XML, 0)
         self.assertTrue(self.listener.wait_for(1))
         # A hard reboot as libvirt reports it.
-        conn._emit_lifecycle(dom, events.STOPPED, events.STOPPED_DESTROYED)
-        conn._emit_lifecycle(dom, events.RESUMED, 0)
-        conn._emit_lifecycle(dom, events.STARTED, 0)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
         self.assertTrue(self.listener.wait_for(3))
         self.assertEqual(
             [virtevent.EVENT_LIFECYCLE_STARTED,
@@ -238,7 +238,7 @@ class ConnectionAndShutdownTest(DriverTestCase):
         self.assertFalse(enabled)
         self.assertIn('libvirtd went away', reason)
         # On the Host's connection-event loop, not libvirt's thread.
-        self.assertNotEqual(eventloop.THREAD_NAME, thread)
+        self.assertNotEqual(libvirt_loop.THREAD_NAME, thread)
         # Reconnected by the plugin, without waiting for a caller.
         self.assertTrue(seen[2][0])
         self.assertTrue(resynced.wait(WAIT))
@@ -253,9 +253,9 @@ class ConnectionAndShutdownTest(DriverTestCase):
         driver._host.initialize()
         conn = driver._host.get_connection()
         dom = conn.createXML(DOMAIN_XML, 0)
-        conn._emit_lifecycle(dom, events.STOPPED, events.STOPPED_SHUTDOWN)
+        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
         self.assertTrue(driver._pipeline.ledger.wait_received(2, WAIT))
-        self.assertIn(eventloop.THREAD_NAME,
+        self.assertIn(libvirt_loop.THREAD_NAME,
                       concurrency.plugin_threads())
         driver.cleanup_host('compute1')
         self.assertEqual([], concurrency.plugin_threads())

@@ -5,7 +5,7 @@ from nova import test
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.virt import event as virtevent
 
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 UUID = '11111111-2222-3333-4444-555555555555'
 
@@ -25,19 +25,19 @@ class Dom:
 
 # (libvirt event, detail) -> Nova transition, as upstream Nova maps them.
 TRANSITIONS = [
-    (events.STARTED, 0, virtevent.EVENT_LIFECYCLE_STARTED),
-    (events.STARTED, 1, virtevent.EVENT_LIFECYCLE_STARTED),
-    (events.STARTED, 2, virtevent.EVENT_LIFECYCLE_STARTED),
-    (events.SUSPENDED, 0, virtevent.EVENT_LIFECYCLE_PAUSED),
-    (events.SUSPENDED, 2, virtevent.EVENT_LIFECYCLE_PAUSED),
-    (events.SUSPENDED, 7, virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
-    (events.RESUMED, 0, virtevent.EVENT_LIFECYCLE_RESUMED),
-    (events.RESUMED, 1, virtevent.EVENT_LIFECYCLE_RESUMED),
-    (events.STOPPED, 0, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (events.STOPPED, 1, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (events.STOPPED, 2, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (events.STOPPED, 3, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (events.STOPPED, 5, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, virtevent.EVENT_LIFECYCLE_STARTED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 1, virtevent.EVENT_LIFECYCLE_STARTED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 2, virtevent.EVENT_LIFECYCLE_STARTED),
+    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 2, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 7, virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
+    (libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 1, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 1, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 2, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 3, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 5, virtevent.EVENT_LIFECYCLE_STOPPED),
 ]
 
 
@@ -49,7 +49,7 @@ class TranslateTest(test.NoDBTestCase):
 
     def test_transition_table(self):
         for libvirt_event, detail, transition in TRANSITIONS:
-            event = events.translate(Dom(), libvirt_event, detail)
+            event = libvirt_events.translate(Dom(), libvirt_event, detail)
             self.assertIsInstance(event, virtevent.LifecycleEvent)
             self.assertEqual((UUID, transition, libvirt_event, detail),
                              (event.uuid, event.transition,
@@ -60,32 +60,32 @@ class TranslateTest(test.NoDBTestCase):
         for detail, name in [(0, 'STOPPED_SHUTDOWN'),
                              (1, 'STOPPED_DESTROYED'),
                              (2, 'STOPPED_CRASHED')]:
-            event = events.translate(Dom(), events.STOPPED, detail)
+            event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, detail)
             self.assertEqual(name, event.detail_name)
             self.assertIn(name, str(event))
 
     def test_types_nova_does_not_act_on_are_dropped(self):
         # DEFINED, UNDEFINED, PMSUSPENDED, CRASHED
         for libvirt_event in (0, 1, 7, 8):
-            self.assertIsNone(events.translate(Dom(), libvirt_event, 0))
+            self.assertIsNone(libvirt_events.translate(Dom(), libvirt_event, 0))
 
     def test_shutdown_becomes_a_notice_of_who_asked(self):
-        notice = events.translate(Dom(), events.SHUTDOWN,
-                                  events.SHUTDOWN_GUEST)
-        self.assertIsInstance(notice, events.ShutdownNotice)
+        notice = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                                  libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.assertIsInstance(notice, libvirt_events.ShutdownNotice)
         self.assertNotIsInstance(notice, virtevent.LifecycleEvent)
-        self.assertEqual((UUID, events.SHUTDOWN_GUEST),
+        self.assertEqual((UUID, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
                          (notice.uuid, notice.libvirt_detail))
         self.assertIn('SHUTDOWN_GUEST', repr(notice))
 
     def test_unknown_type_is_kept_without_transition(self):
-        event = events.translate(Dom(), 42, 3)
+        event = libvirt_events.translate(Dom(), 42, 3)
         self.assertIsNone(event.transition)
         self.assertEqual('UNKNOWN(42)_UNKNOWN(3)', event.detail_name)
         self.assertFalse(event.is_known)
 
     def test_unknown_detail_keeps_the_transition(self):
-        event = events.translate(Dom(), events.STOPPED, 99)
+        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 99)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
         self.assertFalse(event.is_known)
         self.assertEqual('STOPPED_UNKNOWN(99)', event.detail_name)
@@ -94,7 +94,7 @@ class TranslateTest(test.NoDBTestCase):
         error = fakelibvirt.make_libvirtError(
             fakelibvirt.libvirtError, 'Domain not found',
             error_code=fakelibvirt.VIR_ERR_NO_DOMAIN)
-        event = events.translate(Dom(error=error), events.STOPPED, 0)
+        event = libvirt_events.translate(Dom(error=error), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0)
         self.assertIsNone(event.uuid)
         self.assertIn('Domain not found', event.error)
 
@@ -102,8 +102,8 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             return_value=type('JobInfo', (), {'type': job_type})()))
-        return events.translate(Dom(), events.SUSPENDED,
-                                events.SUSPENDED_MIGRATED)
+        return libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
+                                libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
 
     def test_suspended_migrated_with_completed_job(self):
         event = self._migrated(fakelibvirt.VIR_DOMAIN_JOB_COMPLETED)
@@ -118,8 +118,8 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             side_effect=fakelibvirt.libvirtError('connection lost')))
-        event = events.translate(Dom(), events.SUSPENDED,
-                                 events.SUSPENDED_MIGRATED)
+        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
+                                 libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_PAUSED, event.transition)
         self.assertIn('connection lost', event.error)
         self.assertEqual(UUID, event.uuid)
@@ -127,6 +127,6 @@ class TranslateTest(test.NoDBTestCase):
     def test_received_at_is_monotonic_time(self):
         import time
         before = time.monotonic()
-        event = events.translate(Dom(), events.STARTED, 0)
+        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
         self.assertGreaterEqual(event.received_at, before)
         self.assertLessEqual(event.received_at, time.monotonic())

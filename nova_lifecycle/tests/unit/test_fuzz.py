@@ -50,7 +50,7 @@ from nova_lifecycle import concurrency
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_faults
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import host as lc_host
 
 WAIT = 10
@@ -117,16 +117,16 @@ def scripts(draw):
 
 def nova_transition(event_type, detail, behaviour):
     """Nova's transition for a libvirt event (upstream's mapping)."""
-    if event_type == events.STOPPED:
+    if event_type == libvirt_events.VIR_DOMAIN_EVENT_STOPPED:
         return virtevent.EVENT_LIFECYCLE_STOPPED
-    if event_type == events.STARTED:
+    if event_type == libvirt_events.VIR_DOMAIN_EVENT_STARTED:
         return virtevent.EVENT_LIFECYCLE_STARTED
-    if event_type == events.RESUMED:
+    if event_type == libvirt_events.VIR_DOMAIN_EVENT_RESUMED:
         return virtevent.EVENT_LIFECYCLE_RESUMED
-    if event_type == events.SUSPENDED:
-        if detail == events.SUSPENDED_POSTCOPY:
+    if event_type == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED:
+        if detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY:
             return virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED
-        if (detail == events.SUSPENDED_MIGRATED and
+        if (detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED and
                 behaviour == 'job-completed'):
             return virtevent.EVENT_LIFECYCLE_MIGRATION_COMPLETED
         return virtevent.EVENT_LIFECYCLE_PAUSED
@@ -156,12 +156,12 @@ class Expected:
                 continue
             uuid = uuid_of[identity]
             if behaviour in ('no-uuid', 'broken'):
-                if event_type != events.SHUTDOWN:
+                if event_type != libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN:
                     self.received += 1
                     self.unreadable += 1
                     self.failed['BadLifecycleEvent'] += 1
                 continue
-            if event_type == events.SHUTDOWN:
+            if event_type == libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN:
                 notes[uuid] = detail
                 continue
             self.received += 1
@@ -170,8 +170,8 @@ class Expected:
                 self.cancelled['no Nova transition'] += 1
                 self.unknown_types.add(event_type)
                 continue
-            job_error = (event_type == events.SUSPENDED and
-                         detail == events.SUSPENDED_MIGRATED and
+            job_error = (event_type == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED and
+                         detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED and
                          behaviour == 'job-error')
             record = (transition, event_type, detail, notes.pop(uuid, None),
                       job_error)
@@ -380,7 +380,7 @@ class LifecycleCallbackFuzzTest(test_driver.DriverTestCase):
         for event_type in expected.unknown_types:
             # Reported once per type, naming an instance, in this example
             # or an earlier one.
-            name = events.event_name(event_type, 0).split('_')[0]
+            name = libvirt_events.event_name(event_type, 0).split('_')[0]
             self.assertEqual(1, self.count(
                 0, 'Ignoring libvirt event %s_' % name, 'for instance '),
                 name)

@@ -33,7 +33,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_faults
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 UUID = test_driver.UUID
 
@@ -51,34 +51,34 @@ COMPLETED = 'running'
 #      bindings Nova activates or None)
 TABLE = [
     # The transition's power state, the live state agreeing.
-    ((events.STARTED, 0, RUNNING, None), (power_state.RUNNING, None)),
-    ((events.RESUMED, 0, RUNNING, None), (power_state.RUNNING, None)),
-    ((events.SUSPENDED, 0, PAUSED, None), (power_state.PAUSED, None)),
-    ((events.STOPPED, events.STOPPED_SHUTDOWN, SHUTOFF, None),
+    ((libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, RUNNING, None), (power_state.RUNNING, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, RUNNING, None), (power_state.RUNNING, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, PAUSED, None), (power_state.PAUSED, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
-    ((events.STOPPED, events.STOPPED_DESTROYED, SHUTOFF, None),
+    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
-    ((events.STOPPED, events.STOPPED_CRASHED, SHUTOFF, None),
+    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
     # A late event: the domain has moved on, Nova leaves the instance.
-    ((events.STARTED, 0, SHUTOFF, None), (None, None)),
-    ((events.RESUMED, 0, PAUSED, None), (None, None)),
-    ((events.SUSPENDED, 0, RUNNING, None), (None, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, SHUTOFF, None), (None, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, PAUSED, None), (None, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, RUNNING, None), (None, None)),
     # Live migration: post-copy and the source's end activate the
     # destination's port bindings, whether or not the state agrees.
-    ((events.SUSPENDED, events.SUSPENDED_POSTCOPY, PAUSED, MIGRATING),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, MIGRATING),
      (power_state.PAUSED, POSTCOPY)),
-    ((events.SUSPENDED, events.SUSPENDED_POSTCOPY, RUNNING, MIGRATING),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, RUNNING, MIGRATING),
      (None, POSTCOPY)),
-    ((events.SUSPENDED, events.SUSPENDED_MIGRATED, PAUSED, MIGRATING),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, MIGRATING),
      (power_state.PAUSED, COMPLETED)),
     # ... and only during a live migration.
-    ((events.SUSPENDED, events.SUSPENDED_POSTCOPY, PAUSED, None),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, None),
      (power_state.PAUSED, None)),
-    ((events.SUSPENDED, events.SUSPENDED_MIGRATED, PAUSED, None),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, None),
      (power_state.PAUSED, None)),
     # An ordinary pause during a migration binds nothing.
-    ((events.SUSPENDED, 0, PAUSED, MIGRATING), (power_state.PAUSED, None)),
+    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, PAUSED, MIGRATING), (power_state.PAUSED, None)),
 ]
 
 
@@ -139,7 +139,7 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
 
     def test_every_row_of_the_table(self):
         for (event, detail, live, task), (synced, bound) in TABLE:
-            row = (events.event_name(event, detail), live, task)
+            row = (libvirt_events.event_name(event, detail), live, task)
             delta = self.handle(event, detail, live, task)
             self.assertEqual(1, delta['delivered'], (row, delta))
             if synced is None:
@@ -160,7 +160,7 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
     def test_migration_record_missing_is_a_warning(self):
         self.migration.side_effect = exception.MigrationNotFoundByStatus(
             instance_id=UUID, status=POSTCOPY)
-        delta = self.handle(events.SUSPENDED, events.SUSPENDED_POSTCOPY,
+        delta = self.handle(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY,
                             PAUSED, MIGRATING)
         self.assertEqual(1, delta['delivered'], delta)
         self.bind.assert_not_called()
@@ -171,7 +171,7 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
         self.sync.reset_mock()
         counts = test_faults.Counts(self.ledger)
         self.set_state(PAUSED)
-        self.emit(events.SUSPENDED, 0)
+        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
         delta = counts.wait_ended(1)
         self.assertEqual(1, delta['delivered'], delta)
         self.sync.assert_not_called()

@@ -11,8 +11,8 @@ from nova.virt.libvirt import event as libvirtevent
 from nova_lifecycle import concurrency
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
-from nova_lifecycle.virt import events
-from nova_lifecycle.virt import pipeline
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import path as event_path
 
 WAIT = 10
 UUID_A = 'aaaaaaaa-0000-0000-0000-000000000001'
@@ -23,14 +23,14 @@ STOPPED = virtevent.EVENT_LIFECYCLE_STOPPED
 PAUSED = virtevent.EVENT_LIFECYCLE_PAUSED
 RESUMED = virtevent.EVENT_LIFECYCLE_RESUMED
 
-_LIBVIRT_TYPE = {STARTED: events.STARTED, STOPPED: events.STOPPED,
-                 PAUSED: events.SUSPENDED, RESUMED: events.RESUMED}
+_LIBVIRT_TYPE = {STARTED: libvirt_events.VIR_DOMAIN_EVENT_STARTED, STOPPED: libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
+                 PAUSED: libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, RESUMED: libvirt_events.VIR_DOMAIN_EVENT_RESUMED}
 
 
 def lifecycle(uuid, transition, detail=0, libvirt_event=None):
     if libvirt_event is None:
         libvirt_event = _LIBVIRT_TYPE[transition]
-    return events.DomainLifecycleEvent(uuid, transition, libvirt_event,
+    return libvirt_events.DomainLifecycleEvent(uuid, transition, libvirt_event,
                                        detail)
 
 
@@ -81,7 +81,7 @@ class PipelineTestCase(base.TestCase):
         self.recorder = Recorder()
 
     def make(self, delay=60.0, workers=4):
-        p = pipeline.EventPipeline(
+        p = event_path.EventPipeline(
             self.recorder, delay, workers,
             green=not concurrency.threading_mode())
         p.start()
@@ -158,7 +158,7 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_stopped_is_delivered_after_the_delay(self):
         p = self.make(delay=0.05)
-        event = lifecycle(UUID_A, STOPPED, events.STOPPED_SHUTDOWN)
+        event = lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
         p.queue_event(event)
         self.recorder.wait_for(1)
         delivered = self.recorder.events[0]
@@ -167,7 +167,7 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_later_event_cancels_held_stopped(self):
         p = self.make(delay=60)
-        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_DESTROYED))
+        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED))
         self.assertTrue(p.ledger.wait_received(1, WAIT))
         self.assertEqual([UUID_A], [u for u, _ in p.held_stops()])
         p.queue_event(lifecycle(UUID_A, RESUMED))
@@ -190,17 +190,17 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_shutdown_notes_of_domains_that_never_stop_are_bounded(self):
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lifecycle.virt.pipeline.MAX_SHUTDOWN_NOTES', 3))
+            'nova_lifecycle.eventpath.path.MAX_SHUTDOWN_NOTES', 3))
         p = self.make(delay=0.01)
         uuids = ['00000000-0000-0000-0000-%012d' % i for i in range(10)]
         for uuid in uuids:
-            p.queue_event(events.ShutdownNotice(uuid,
-                                                events.SHUTDOWN_GUEST))
+            p.queue_event(libvirt_events.ShutdownNotice(uuid,
+                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST))
         # The last domain does stop: its note is still there for it.
         p.queue_event(lifecycle(uuids[-1], STOPPED,
-                                events.STOPPED_SHUTDOWN))
+                                libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
         self.recorder.wait_for(1)
-        self.assertEqual(events.SHUTDOWN_GUEST,
+        self.assertEqual(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
                          self.recorder.events[0].shutdown_detail)
         self.assertEqual(uuids[-3:-1], list(p._shutdown_notes))
 
@@ -222,8 +222,8 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_second_stopped_replaces_the_first(self):
         p = self.make(delay=0.1)
-        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_SHUTDOWN))
-        p.queue_event(lifecycle(UUID_A, STOPPED, events.STOPPED_DESTROYED))
+        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED))
         self.recorder.wait_for(1)
         stats = self.wait_ended(p, 2)
         self.assertEqual(['STOPPED_DESTROYED'],
@@ -279,7 +279,7 @@ class BadInputTest(PipelineTestCase):
     def test_unknown_event_type_logged_once(self):
         p = self.make()
         for _ in range(3):
-            p.queue_event(events.DomainLifecycleEvent(UUID_A, None, 42, 0))
+            p.queue_event(libvirt_events.DomainLifecycleEvent(UUID_A, None, 42, 0))
         stats = self.wait_ended(p, 3)
         self.assertEqual({'no Nova transition': 3},
                          stats['cancelled_by_reason'])
@@ -295,15 +295,15 @@ class BadInputTest(PipelineTestCase):
 
     def test_event_without_uuid_fails_with_a_warning(self):
         p = self.make()
-        p.queue_event(events.DomainLifecycleEvent(
-            None, None, events.STOPPED, 0, error='cannot read domain UUID'))
+        p.queue_event(libvirt_events.DomainLifecycleEvent(
+            None, None, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0, error='cannot read domain UUID'))
         stats = self.wait_ended(p, 1)
         self.assertEqual({'BadLifecycleEvent': 1}, stats['failed_by_error'])
         self.assertIn('cannot read domain UUID', self.logs.output)
 
     def test_non_instance_item_goes_to_route_other(self):
         routed = []
-        p = pipeline.EventPipeline(self.recorder, 60, 1,
+        p = event_path.EventPipeline(self.recorder, 60, 1,
                                    green=not concurrency.threading_mode(),
                                    route_other=routed.append)
         p.start()

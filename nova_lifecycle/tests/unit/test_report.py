@@ -7,8 +7,8 @@ from nova import version
 from oslo_reports import guru_meditation_report as gmr
 
 from nova_lifecycle.tests.unit import test_driver
-from nova_lifecycle.virt import events
-from nova_lifecycle.virt import report
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.virt import status_report
 
 WAIT = 10
 UUID = test_driver.UUID
@@ -22,18 +22,18 @@ class ReportTest(test_driver.DriverTestCase):
         self.driver.register_event_listener(self.listener)
         self.conn = self.start_events()
         self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
-        self.conn._emit_lifecycle(self.dom, events.STOPPED,
-                                  events.STOPPED_DESTROYED)
+        self.conn._emit_lifecycle(self.dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
+                                  libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
         # Nova's fake sends a STARTED before the domain can be read (one
         # failed event), then the real one (delivered); the STOPPED stays
         # held.
         self.assertTrue(self.driver._pipeline.ledger.wait_until(
             lambda s: (s['received'], s['delivered'], s['failed'],
                        s['pending']) == (3, 1, 1, 1), WAIT))
-        report.register(self.driver)
+        status_report.register(self.driver)
 
     def test_status_accounts_for_every_event(self):
-        status = report.status(self.driver)
+        status = status_report.status(self.driver)
         counts = status['events']
         self.assertEqual(counts['received'],
                          counts['delivered'] + counts['cancelled'] +
@@ -44,15 +44,15 @@ class ReportTest(test_driver.DriverTestCase):
 
     def test_guru_meditation_report_has_the_section(self):
         text = gmr.TextGuruMeditation(version).run()
-        self.assertIn(report.SECTION, text)
-        section = text[text.index(report.SECTION):]
+        self.assertIn(status_report.SECTION, text)
+        section = text[text.index(status_report.SECTION):]
         self.assertIn(UUID, section)
         self.assertIn('delivered in', section)
         self.assertIn('lifecycle-libvirt-loop', section)
 
     def test_log_line(self):
         logs = self.useFixture(fixtures.FakeLogger())
-        report.log_line(self.driver)
+        status_report.log_line(self.driver)
         self.assertIn('events received', logs.output)
         self.assertIn('1 STOPPED held', logs.output)
 
@@ -60,7 +60,7 @@ class ReportTest(test_driver.DriverTestCase):
         self.flags(stats_log_interval=1, group='lifecycle')
         logged = threading.Event()
         self.useFixture(fixtures.MockPatch(
-            'nova_lifecycle.virt.report.log_line',
+            'nova_lifecycle.virt.status_report.log_line',
             side_effect=lambda driver: logged.set()))
         self.useFixture(fixtures.MonkeyPatch(
             'nova_lifecycle.virt.driver.CONF.lifecycle.stats_log_interval',

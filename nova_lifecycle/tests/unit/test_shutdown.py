@@ -8,7 +8,7 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.tests.unit import test_driver
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import shutdown
 
 WAIT = 10
@@ -55,9 +55,9 @@ class Guest:
         dom._state = SHUTOFF
         if not self.lose_event:
             conn = dom._connection
-            conn._emit_lifecycle(dom, events.SHUTDOWN, events.SHUTDOWN_HOST)
-            conn._emit_lifecycle(dom, events.STOPPED,
-                                 events.STOPPED_SHUTDOWN)
+            conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+            conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
+                                 libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def join(self):
         for timer in self.timers:
@@ -201,12 +201,12 @@ class StopWaitersTest(test_driver.DriverTestCase):
         waiters = shutdown.StopWaiters()
         mine = waiters.register(UUID)
         other = waiters.register('other')
-        waiters.notify(events.DomainLifecycleEvent(
-            UUID, events.virtevent.EVENT_LIFECYCLE_STARTED, events.STARTED,
+        waiters.notify(libvirt_events.DomainLifecycleEvent(
+            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STARTED, libvirt_events.VIR_DOMAIN_EVENT_STARTED,
             0))
         self.assertFalse(mine.is_set())
-        waiters.notify(events.DomainLifecycleEvent(
-            UUID, events.virtevent.EVENT_LIFECYCLE_STOPPED, events.STOPPED,
+        waiters.notify(libvirt_events.DomainLifecycleEvent(
+            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
             0))
         self.assertTrue(mine.is_set())
         self.assertFalse(other.is_set())

@@ -19,22 +19,22 @@ import fixtures
 from testtools import content
 
 from nova_lifecycle import concurrency
-from nova_lifecycle import delayed
+from nova_lifecycle.common import delayed
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
-from nova_lifecycle.virt import events
-from nova_lifecycle.virt import pipeline
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import path as event_path
 
 SEED_VARIABLE = 'NOVA_LIFECYCLE_STRESS_SEED'
 DEFAULT_SEED = 20260707
 WAIT = 30
 
-KINDS = (events.STARTED, events.SUSPENDED, events.RESUMED, events.STOPPED)
-_TRANSITIONS = {events.STARTED: 0, events.STOPPED: 1, events.SUSPENDED: 2,
-                events.RESUMED: 3}
+KINDS = (libvirt_events.VIR_DOMAIN_EVENT_STARTED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED)
+_TRANSITIONS = {libvirt_events.VIR_DOMAIN_EVENT_STARTED: 0, libvirt_events.VIR_DOMAIN_EVENT_STOPPED: 1, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED: 2,
+                libvirt_events.VIR_DOMAIN_EVENT_RESUMED: 3}
 
 
-class StressEvent(events.DomainLifecycleEvent):
+class StressEvent(libvirt_events.DomainLifecycleEvent):
     """A lifecycle event carrying what the stress test decided for it."""
 
     def __init__(self, uuid, libvirt_event, seq, hold, fail, running):
@@ -189,7 +189,7 @@ class PipelineStressTest(StressTestCase):
         self.active = collections.Counter()
         self.overlaps = []
         self.rechecked = []
-        self.p = pipeline.EventPipeline(
+        self.p = event_path.EventPipeline(
             self.deliver, 60, 4, green=not concurrency.threading_mode(),
             hold_for=lambda event: event.hold, recheck=self.recheck,
             name='lifecycle-stress')
@@ -326,12 +326,12 @@ class PipelineStressTest(StressTestCase):
         attempted = [e for events_ in self.attempted.values()
                      for e in events_]
         sent = [e for events_ in self.sent.values() for e in events_]
-        stopped = [e for e in sent if e.libvirt_event == events.STOPPED]
+        stopped = [e for e in sent if e.libvirt_event == libvirt_events.VIR_DOMAIN_EVENT_STOPPED]
         # Every event other than a STOPPED reached the handler.
         self.assertEqual(
-            sorted(e.seq for e in sent if e.libvirt_event != events.STOPPED),
+            sorted(e.seq for e in sent if e.libvirt_event != libvirt_events.VIR_DOMAIN_EVENT_STOPPED),
             sorted(e.seq for e in attempted
-                   if e.libvirt_event != events.STOPPED))
+                   if e.libvirt_event != libvirt_events.VIR_DOMAIN_EVENT_STOPPED))
         reasons = collections.Counter(stats['cancelled_by_reason'])
         superseded = sum(count for reason, count in reasons.items()
                          if reason.startswith('superseded by '))

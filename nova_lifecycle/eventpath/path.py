@@ -19,11 +19,11 @@ import futurist
 from nova.virt import event as virtevent
 
 from nova_lifecycle import concurrency
-from nova_lifecycle import delayed
-from nova_lifecycle import dispatch
-from nova_lifecycle import inbox
-from nova_lifecycle import ledger
-from nova_lifecycle.virt import events
+from nova_lifecycle.common import delayed
+from nova_lifecycle.common import dispatch
+from nova_lifecycle.common import inbox
+from nova_lifecycle.common import ledger
+from nova_lifecycle.eventpath import libvirt_events
 
 LOG = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class EventPipeline:
     # Intake
 
     def _take(self, item):
-        if isinstance(item, events.ShutdownNotice):
+        if isinstance(item, libvirt_events.ShutdownNotice):
             with self._lock:
                 notes = self._shutdown_notes
                 notes.pop(item.uuid, None)
@@ -204,7 +204,7 @@ class EventPipeline:
 
     def _intake(self, event):
         self.ledger.receive()
-        if isinstance(event, events.DomainLifecycleEvent):
+        if isinstance(event, libvirt_events.DomainLifecycleEvent):
             if not self._readable(event):
                 return
         if self._watch is not None:
@@ -218,7 +218,7 @@ class EventPipeline:
                 stopping = True
             else:
                 stopping = False
-                if isinstance(event, events.DomainLifecycleEvent):
+                if isinstance(event, libvirt_events.DomainLifecycleEvent):
                     event.shutdown_detail = self._shutdown_notes.pop(
                         event.uuid, None)
                 superseded = self._supersede(event)

@@ -10,7 +10,7 @@ late, lost or duplicated event cannot stop a running guest.
 
 import logging
 
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import operations
 
 LOG = logging.getLogger(__name__)
@@ -33,10 +33,10 @@ def guest_initiated(event):
     then off. A destroy (SHUTDOWN_HOST, STOPPED_DESTROYED) is not.
     """
     detail = event.libvirt_detail
-    if detail in (events.STOPPED_CRASHED, events.STOPPED_FAILED):
+    if detail in (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_FAILED):
         return True
-    return (detail == events.STOPPED_SHUTDOWN and
-            event.shutdown_detail == events.SHUTDOWN_GUEST)
+    return (detail == libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN and
+            event.shutdown_detail == libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
 
 
 class StoppedPolicy:
@@ -74,7 +74,7 @@ class StoppedPolicy:
                       '%s ended; held for %ss.', event.uuid, ended[0],
                       ended[1], self._grace())
             return self._grace()
-        if isinstance(event, events.DomainLifecycleEvent) and \
+        if isinstance(event, libvirt_events.DomainLifecycleEvent) and \
                 guest_initiated(event):
             return self._grace()
         return conf.stopped_event_delay

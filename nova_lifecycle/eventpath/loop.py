@@ -10,7 +10,7 @@ it is outside the hub), so errors are only counted and kept for the owner.
 """
 
 from nova_lifecycle import concurrency
-from nova_lifecycle.virt import events
+from nova_lifecycle.eventpath import libvirt_events
 
 THREAD_NAME = 'lifecycle-libvirt-loop'
 
@@ -32,7 +32,7 @@ class LibvirtEventLoop:
 
     def register(self):
         """Register libvirt's default loop; must precede any connection."""
-        events.libvirt_module().virEventRegisterDefaultImpl()
+        libvirt_events.libvirt_module().virEventRegisterDefaultImpl()
 
     def start(self):
         if self._thread is not None:
@@ -60,7 +60,7 @@ class LibvirtEventLoop:
         return True
 
     def _wake(self):
-        libvirt = events.libvirt_module()
+        libvirt = libvirt_events.libvirt_module()
         add_timeout = getattr(libvirt, 'virEventAddTimeout', None)
         if add_timeout is None:
             # Nova's fake libvirt: its loop iteration ends by itself.
@@ -71,7 +71,7 @@ class LibvirtEventLoop:
             self.last_error = exc
 
     def _run(self):
-        libvirt = events.libvirt_module()
+        libvirt = libvirt_events.libvirt_module()
         native_time = concurrency.native_time()
         consecutive = 0
         while not self._stopping:
@@ -88,4 +88,4 @@ class LibvirtEventLoop:
 
 def _remove_timer(timer, opaque):
     """A one-shot libvirt timer: it only serves to wake the loop."""
-    events.libvirt_module().virEventRemoveTimeout(timer)
+    libvirt_events.libvirt_module().virEventRemoveTimeout(timer)
