@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """A named background thread that runs one job on demand.
 
 ``trigger`` starts the job unless it is running; a trigger that comes while
@@ -6,8 +18,9 @@ and at most one copy runs. ``stop`` asks the job to end (it receives an
 Event to watch) and waits for the thread. Knows nothing of Nova.
 """
 
-import logging
 import threading
+
+from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """A delaying, cancellable front for any executor.
 
 ``DelayedExecutor.submit`` returns a Future at once and hands the task to a
@@ -20,9 +32,10 @@ from concurrent import futures
 import functools
 import heapq
 import itertools
-import logging
 import threading
 import time
+
+from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 

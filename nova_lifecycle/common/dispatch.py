@@ -26,8 +26,9 @@ is looked up from the ``threading`` module when it is created.
 import collections
 import concurrent.futures
 import functools
-import logging
 import threading
+
+from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 

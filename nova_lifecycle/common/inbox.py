@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Hand items from a native OS thread to the service's own threads.
 
 libvirt's event loop is a native thread. Under native threading it may call
@@ -7,8 +19,9 @@ a self-pipe that wakes one green thread. Both inboxes have the same
 interface: ``put`` from any thread, never blocking; ``start``; ``stop``.
 """
 
-import logging
 import os
+
+from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 

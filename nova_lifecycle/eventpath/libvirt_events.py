@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """libvirt domain lifecycle callbacks -> ``nova.virt.event`` objects.
 
 The translation keeps Nova's transition mapping and adds what upstream
@@ -48,20 +60,20 @@ _SILENT_TYPES = frozenset({0, 1, 7, 8})
 
 # libvirt's own names (virDomainEventType and its detail enums); Nova's
 # transitions are ``nova.virt.event.EVENT_LIFECYCLE_*``.
-VIR_DOMAIN_EVENT_STARTED = 2
-VIR_DOMAIN_EVENT_SUSPENDED = 3
-VIR_DOMAIN_EVENT_RESUMED = 4
-VIR_DOMAIN_EVENT_STOPPED = 5
-VIR_DOMAIN_EVENT_SHUTDOWN = 6
-VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED = 1
-VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY = 7
-VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN = 0
-VIR_DOMAIN_EVENT_STOPPED_DESTROYED = 1
-VIR_DOMAIN_EVENT_STOPPED_CRASHED = 2
-VIR_DOMAIN_EVENT_STOPPED_FAILED = 5
-VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED = 0
-VIR_DOMAIN_EVENT_SHUTDOWN_GUEST = 1
-VIR_DOMAIN_EVENT_SHUTDOWN_HOST = 2
+DOMAIN_EVENT_STARTED = 2
+DOMAIN_EVENT_SUSPENDED = 3
+DOMAIN_EVENT_RESUMED = 4
+DOMAIN_EVENT_STOPPED = 5
+DOMAIN_EVENT_SHUTDOWN = 6
+DOMAIN_EVENT_SUSPENDED_MIGRATED = 1
+DOMAIN_EVENT_SUSPENDED_POSTCOPY = 7
+DOMAIN_EVENT_STOPPED_SHUTDOWN = 0
+DOMAIN_EVENT_STOPPED_DESTROYED = 1
+DOMAIN_EVENT_STOPPED_CRASHED = 2
+DOMAIN_EVENT_STOPPED_FAILED = 5
+DOMAIN_EVENT_SHUTDOWN_FINISHED = 0
+DOMAIN_EVENT_SHUTDOWN_GUEST = 1
+DOMAIN_EVENT_SHUTDOWN_HOST = 2
 
 
 def event_name(event_type, detail):
@@ -90,7 +102,7 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         super().__init__(uuid, transition, timestamp)
         self.libvirt_event = libvirt_event
         self.libvirt_detail = libvirt_detail
-        # For VIR_DOMAIN_EVENT_STOPPED: the detail of libvirt's VIR_DOMAIN_EVENT_SHUTDOWN event just before
+        # For DOMAIN_EVENT_STOPPED: the detail of libvirt's DOMAIN_EVENT_SHUTDOWN event just before
         # it (who asked for the shutdown), when there was one.
         self.shutdown_detail = None
         self.error = error
@@ -116,11 +128,11 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
 
 
 class ShutdownNotice(virtevent.InstanceEvent):
-    """libvirt's VIR_DOMAIN_EVENT_SHUTDOWN event: who asked the guest to shut down.
+    """libvirt's DOMAIN_EVENT_SHUTDOWN event: who asked the guest to shut down.
 
-    Not an event for Nova; it annotates the VIR_DOMAIN_EVENT_STOPPED that follows it
-    (detail VIR_DOMAIN_EVENT_SHUTDOWN_GUEST: the guest itself; VIR_DOMAIN_EVENT_SHUTDOWN_HOST: the host,
-    e.g. an ACPI request from Nova; VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED: not said).
+    Not an event for Nova; it annotates the DOMAIN_EVENT_STOPPED that follows it
+    (detail DOMAIN_EVENT_SHUTDOWN_GUEST: the guest itself; DOMAIN_EVENT_SHUTDOWN_HOST: the host,
+    e.g. an ACPI request from Nova; DOMAIN_EVENT_SHUTDOWN_FINISHED: not said).
     """
 
     def __init__(self, uuid, libvirt_detail, timestamp=None):
@@ -129,13 +141,13 @@ class ShutdownNotice(virtevent.InstanceEvent):
 
     def __repr__(self):
         return '<ShutdownNotice: %s, %s>' % (
-            self.uuid, event_name(VIR_DOMAIN_EVENT_SHUTDOWN, self.libvirt_detail))
+            self.uuid, event_name(DOMAIN_EVENT_SHUTDOWN, self.libvirt_detail))
 
 
 def _migration_transition(dom):
     """Completed or failed migration, as libvirt's job says.
 
-    VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED is also sent when a live migration fails.
+    DOMAIN_EVENT_SUSPENDED_MIGRATED is also sent when a live migration fails.
     """
     libvirt = libvirt_module()
     guest = libvirt_guest.Guest(dom)
@@ -150,16 +162,16 @@ def _migration_transition(dom):
 
 def transition_for(dom, event_type, detail):
     """Nova's transition for a libvirt event, as upstream Nova maps it."""
-    if event_type == VIR_DOMAIN_EVENT_STOPPED:
+    if event_type == DOMAIN_EVENT_STOPPED:
         return virtevent.EVENT_LIFECYCLE_STOPPED
-    if event_type == VIR_DOMAIN_EVENT_STARTED:
+    if event_type == DOMAIN_EVENT_STARTED:
         return virtevent.EVENT_LIFECYCLE_STARTED
-    if event_type == VIR_DOMAIN_EVENT_RESUMED:
+    if event_type == DOMAIN_EVENT_RESUMED:
         return virtevent.EVENT_LIFECYCLE_RESUMED
-    if event_type == VIR_DOMAIN_EVENT_SUSPENDED:
-        if detail == VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY:
+    if event_type == DOMAIN_EVENT_SUSPENDED:
+        if detail == DOMAIN_EVENT_SUSPENDED_POSTCOPY:
             return virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED
-        if detail == VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED:
+        if detail == DOMAIN_EVENT_SUSPENDED_MIGRATED:
             return _migration_transition(dom)
         return virtevent.EVENT_LIFECYCLE_PAUSED
     return None
@@ -170,7 +182,7 @@ def translate(dom, event_type, detail):
 
     None means an event type Nova does not act on (DEFINED, UNDEFINED,
     PMSUSPENDED, CRASHED: a stop that follows them comes as its own
-    VIR_DOMAIN_EVENT_STOPPED). VIR_DOMAIN_EVENT_SHUTDOWN becomes a :class:`ShutdownNotice`. Never raises: a
+    DOMAIN_EVENT_STOPPED). DOMAIN_EVENT_SHUTDOWN becomes a :class:`ShutdownNotice`. Never raises: a
     failure is recorded on the event.
     """
     received_at = time.monotonic()
@@ -179,12 +191,12 @@ def translate(dom, event_type, detail):
     try:
         uuid = dom.UUIDString()
     except Exception as exc:
-        if event_type == VIR_DOMAIN_EVENT_SHUTDOWN:
+        if event_type == DOMAIN_EVENT_SHUTDOWN:
             return None
         return DomainLifecycleEvent(None, None, event_type, detail,
                                     error='cannot read domain UUID: %s' % exc,
                                     received_at=received_at)
-    if event_type == VIR_DOMAIN_EVENT_SHUTDOWN:
+    if event_type == DOMAIN_EVENT_SHUTDOWN:
         return ShutdownNotice(uuid, detail)
     try:
         transition = transition_for(dom, event_type, detail)

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The path of an instance event from libvirt's loop to the listener.
 
     queue_event (any thread, never blocks)
@@ -18,11 +30,11 @@ import threading
 import futurist
 from nova.virt import event as virtevent
 
-from nova_lifecycle import concurrency
 from nova_lifecycle.common import delayed
 from nova_lifecycle.common import dispatch
 from nova_lifecycle.common import inbox
 from nova_lifecycle.common import ledger
+from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
 
 LOG = logging.getLogger(__name__)

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """How long a STOPPED event is held, and whether it still stands.
 
 Upstream Nova holds every STOPPED for 15 s, because a reboot also sends
@@ -33,10 +45,12 @@ def guest_initiated(event):
     then off. A destroy (SHUTDOWN_HOST, STOPPED_DESTROYED) is not.
     """
     detail = event.libvirt_detail
-    if detail in (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_FAILED):
+    if detail in (
+        libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
+        libvirt_events.DOMAIN_EVENT_STOPPED_FAILED):
         return True
-    return (detail == libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN and
-            event.shutdown_detail == libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+    return (detail == libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN and
+            event.shutdown_detail == libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
 
 
 class StoppedPolicy:

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova in one process, with one nova-compute on the driver under test.
 
 Nova's functional-test harness runs the API (through its WSGI app),
@@ -228,6 +240,6 @@ class FakeDeployment(DeploymentMixin, libvirt_base.ServersTestBase):
         host.get_connection = types.MethodType(
             func_base._REAL_GET_CONNECTION, host)
         self.assertIs(connection, host.get_connection())
-        self.assertIn(fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+        self.assertIn(fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE,
                       connection._event_callbacks)
         return service

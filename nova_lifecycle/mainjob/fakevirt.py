@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The hypervisor side of the main job on Nova's fake libvirt.
 
 Nova's fake libvirt (``nova.tests.fixtures.libvirt``) keeps domains in
@@ -28,9 +40,9 @@ import fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests.functional import base as func_base
-from nova_lifecycle.eventpath import libvirt_events
 
 # Seconds an ACPI-honouring fake guest takes to power off.
 ACPI_DELAY = 0.5
@@ -46,9 +58,11 @@ SHUTOFF = fakelibvirt.VIR_DOMAIN_SHUTOFF
 
 # State asked for -> lifecycle events that bring a domain into it.
 STATE_EVENTS = {
-    'running': (libvirt_events.VIR_DOMAIN_EVENT_STARTED, libvirt_events.VIR_DOMAIN_EVENT_RESUMED),
-    'shutoff': (libvirt_events.VIR_DOMAIN_EVENT_STOPPED,),
-    'paused': (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,),
+    'running': (
+        libvirt_events.DOMAIN_EVENT_STARTED,
+        libvirt_events.DOMAIN_EVENT_RESUMED),
+    'shutoff': (libvirt_events.DOMAIN_EVENT_STOPPED,),
+    'paused': (libvirt_events.DOMAIN_EVENT_SUSPENDED,),
 }
 SUSPENDED_PAUSED = 0
 RESUMED_UNPAUSED = 0
@@ -105,9 +119,9 @@ class PauseEvents(fixtures.Fixture):
     def _setUp(self):
         domain = fakelibvirt.Domain
         _patch(self, 'Domain.suspend', self._wrap(
-            domain.suspend, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED))
+            domain.suspend, libvirt_events.DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED))
         _patch(self, 'Domain.resume', self._wrap(
-            domain.resume, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED))
+            domain.resume, libvirt_events.DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED))
 
     @staticmethod
     def _wrap(method, event, detail):
@@ -267,8 +281,9 @@ class FakeHypervisor:
         if dom._state != RUNNING:
             raise scenarios.ScenarioFailed('domain not running')
         changed = time.monotonic()
-        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                        libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.connection._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                        libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         dom._state = SHUTOFF
         self.connection._mark_not_running(dom)
         return changed

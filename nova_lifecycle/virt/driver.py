@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """LibvirtLifecycleDriver: Nova's libvirt driver with the plugin's events.
 
 Everything but the event path is upstream's ``LibvirtDriver``. Events
@@ -19,13 +31,13 @@ from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import path as event_path
+from nova_lifecycle.eventpath import policy
 from nova_lifecycle.virt import host as lifecycle_host
 from nova_lifecycle.virt import operations
-from nova_lifecycle.eventpath import path as event_path
-from nova_lifecycle.virt import status_report
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
-from nova_lifecycle.eventpath import policy
+from nova_lifecycle.virt import status_report
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF

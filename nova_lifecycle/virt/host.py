@@ -36,8 +36,8 @@ import functools
 
 from oslo_log import log as logging
 
-from nova_lifecycle.eventpath import loop as libvirt_loop
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import loop as libvirt_loop
 
 LOG = logging.getLogger(__name__)
 

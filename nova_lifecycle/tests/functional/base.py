@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova's in-process deployment with the plugin as its compute driver.
 
 API, conductor, scheduler, the placement fixture and one nova-compute run
@@ -40,8 +52,8 @@ from oslo_db.sqlalchemy import enginefacade
 
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
-from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests import fixtures as lc_fixtures
 
 # Nova's own method, taken before any test mocks it on the class.
 _REAL_GET_CONNECTION = nova_host.Host.get_connection
@@ -125,9 +137,10 @@ class RealisticDomainEvents(fixtures.Fixture):
         @functools.wraps(destroy)
         def wrapper(dom):
             if dom._state == RUNNING:
-                dom._connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
-            dom._lifecycle_stopped_detail = libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED
+                dom._connection._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
+            dom._lifecycle_stopped_detail = libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED
             try:
                 return destroy(dom)
             finally:
@@ -139,8 +152,9 @@ class RealisticDomainEvents(fixtures.Fixture):
         @functools.wraps(shutdown)
         def wrapper(dom):
             if dom._state == RUNNING:
-                dom._connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+                dom._connection._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
             return shutdown(dom)
         return wrapper
 
@@ -148,7 +162,7 @@ class RealisticDomainEvents(fixtures.Fixture):
     def _emit(emit):
         @functools.wraps(emit)
         def wrapper(conn, dom, event, detail):
-            if event == libvirt_events.VIR_DOMAIN_EVENT_STOPPED:
+            if event == libvirt_events.DOMAIN_EVENT_STOPPED:
                 detail = getattr(dom, '_lifecycle_stopped_detail', detail)
             return emit(conn, dom, event, detail)
         return wrapper
@@ -293,7 +307,8 @@ class QueuedEvents(fixtures.Fixture):
         def recording(item):
             name = None
             if isinstance(item, libvirt_events.ShutdownNotice):
-                name = libvirt_events.event_name(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+                name = libvirt_events.event_name(
+                    libvirt_events.DOMAIN_EVENT_SHUTDOWN,
                                          item.libvirt_detail)
             elif isinstance(item, libvirt_events.DomainLifecycleEvent):
                 name = item.detail_name
@@ -395,7 +410,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         host._connect = lambda uri, read_only: connection
         host.get_connection = types.MethodType(_REAL_GET_CONNECTION, host)
         self.assertIs(connection, host.get_connection())
-        self.assertIn(fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+        self.assertIn(fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE,
                       connection._event_callbacks)
         return connection
 
@@ -479,8 +494,10 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     def domain(self, server):
         return self.connection.lookupByUUIDString(server['id'])
 
-    def guest_stops(self, server, stopped_detail=libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN,
-                    shutdown_detail=libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST):
+    def guest_stops(
+        self, server,
+        stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN,
+                    shutdown_detail=libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST):
         """The guest stops by itself, and libvirt says so.
 
         By default it powers itself off: SHUTDOWN_GUEST, then
@@ -490,7 +507,8 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         dom = self.domain(server)
         self.assertEqual(RUNNING, dom._state)
         if shutdown_detail is not None:
-            self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
+            self.connection._emit_lifecycle(
+                dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
                                             shutdown_detail)
         dom._state = SHUTOFF
         dom._lifecycle_stopped_detail = stopped_detail
@@ -508,10 +526,12 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         """
         dom = self.domain(server)
         self.assertEqual(RUNNING, dom._state)
-        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                        libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
-        self.connection._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                                        libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.connection._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                        libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.connection._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+                                        libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def power_off_silently(self, server):
         """The domain stops and libvirt's events about it are lost."""

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova operations on the plugin, with the events real libvirt sends.
 
 What the scenarios of ``test_operations.py`` (one compute) and
@@ -25,8 +37,8 @@ from nova.virt import event as virtevent
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
 
-from nova_lifecycle.tests.functional import base
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests.functional import base
 
 # libvirt's event details the fake has no names for.
 SUSPENDED_PAUSED = 0
@@ -203,7 +215,9 @@ class StartAndSaveEvents(fixtures.Fixture):
         def wrapper(dom, flags):
             conn = dom._connection
             if dom._state == base.RUNNING:
-                conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED)
+                conn._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_SUSPENDED,
+                    SUSPENDED_PAUSED)
             dom._state = base.SHUTOFF
             dom._lifecycle_stopped_detail = STOPPED_SAVED
             try:
@@ -219,7 +233,8 @@ class StartAndSaveEvents(fixtures.Fixture):
             if dom.hasManagedSaveImage(0):
                 start_silently(conn, dom)
                 dom._has_saved_state = False
-                conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, STARTED_RESTORED)
+                conn._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_STARTED, STARTED_RESTORED)
                 conn._emit_lifecycle(dom, RESUMED, RESUMED_FROM_SNAPSHOT)
                 return None
             if not flags & fakelibvirt.VIR_DOMAIN_START_PAUSED:
@@ -276,22 +291,27 @@ class LiveMigrationEvents(fixtures.Fixture):
         dom._job_type = fakelibvirt.VIR_DOMAIN_JOB_UNBOUNDED
         new = dest.defineXML(params['destination_xml'])
         start_silently(dest, new)
-        dest._emit_lifecycle(new, libvirt_events.VIR_DOMAIN_EVENT_STARTED, STARTED_MIGRATED)
+        dest._emit_lifecycle(
+            new, libvirt_events.DOMAIN_EVENT_STARTED, STARTED_MIGRATED)
         if self.fail_next:
             self.fail_next = False
             return self._fail(dom, dest, new)
         dom._state = PAUSED
-        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_MIGRATED)
+        source._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SUSPENDED, SUSPENDED_MIGRATED)
         dest._emit_lifecycle(new, RESUMED, RESUMED_MIGRATED)
         stop_silently(source, dom)
-        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, STOPPED_MIGRATED)
+        source._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_STOPPED, STOPPED_MIGRATED)
         dom.undefine()
         self.migrated.append(dom.UUIDString())
         dom.complete_job()
 
     def _fail(self, dom, dest, new):
         stop_silently(dest, new)
-        dest._emit_lifecycle(new, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_FAILED)
+        dest._emit_lifecycle(
+            new, libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_FAILED)
         new.undefine()
         self.failed.append(dom.UUIDString())
         dom.fail_job()

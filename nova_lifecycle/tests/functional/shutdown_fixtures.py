@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Fixtures for the shutdown tests: guests, libvirt's loop, held calls.
 
 Nova's fake libvirt honours an ACPI shutdown at once, calls the lifecycle
@@ -51,7 +63,7 @@ def mark_running(conn, dom, detail):
     dom._id = conn._id_counter
     conn._running_vms[conn._id_counter] = dom
     conn._id_counter += 1
-    conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, detail)
+    conn._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_STARTED, detail)
 
 
 def mark_stopped(conn, dom, detail):
@@ -205,8 +217,10 @@ class AcpiGuests(fixtures.Fixture):
         if dom._state != RUNNING:
             return
         conn = dom._connection
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
-        mark_stopped(conn, dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        conn._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        mark_stopped(conn, dom, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         guest.off = True
 
     def _join(self):
@@ -237,7 +251,7 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
 
     def attach(self, connection):
         entry = connection._event_callbacks[
-            fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE]
+            fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE]
         callback, host = entry
 
         def queue(conn, dom, event, detail, opaque):
@@ -306,10 +320,11 @@ class LiveMigrationOnFake(fixtures.Fixture):
         dest = self._connections[parse.urlparse(dconnuri).hostname]
         copy = dest.defineXML(params['destination_xml'])
         mark_running(dest, copy, STARTED_MIGRATED)
-        dest._emit_lifecycle(copy, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_MIGRATED)
+        dest._emit_lifecycle(
+            copy, libvirt_events.DOMAIN_EVENT_RESUMED, RESUMED_MIGRATED)
         source = dom._connection
         dom.complete_job()
-        source._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
-                               libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        source._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_SUSPENDED,
+                               libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
         mark_stopped(source, dom, STOPPED_MIGRATED)
         self.migrated.append(dom.UUIDString())

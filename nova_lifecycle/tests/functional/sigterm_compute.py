@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """A nova-compute process on the plugin that a test can SIGTERM.
 
 Usage: ``python -m nova_lifecycle.tests.functional.sigterm_compute DIR``
@@ -43,8 +55,8 @@ import nova.conf  # noqa: I100
 from nova import service as nova_service
 from oslo_service import opts as service_opts
 
-from nova_lifecycle.tests.functional import shutdown_fixtures
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests.functional import shutdown_fixtures
 
 GRACEFUL_SHUTDOWN_TIMEOUT = 10
 MANAGER_SHUTDOWN_TIMEOUT = 2
@@ -113,10 +125,11 @@ class Burst:
     def destroy_behind_novas_back(self, uuids):
         for uuid in uuids:
             dom = self._conn.lookupByUUIDString(uuid)
-            self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                       libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+            self._conn._emit_lifecycle(
+                dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                       libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
             shutdown_fixtures.mark_stopped(self._conn, dom,
-                                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+                                           libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
 
     def _run(self):
         loop = self._driver._events.loop
@@ -128,9 +141,11 @@ class Burst:
                 continue
             dom = self._domains[self.sent // 2 % len(self._domains)]
             if self.sent % 2:
-                self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0)
+                self._conn._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_RESUMED, 0)
             else:
-                self._conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
+                self._conn._emit_lifecycle(
+                    dom, libvirt_events.DOMAIN_EVENT_SUSPENDED, 0)
             self.sent += 1
 
 

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Graceful shutdown of nova-compute with the plugin as its driver.
 
 Nova stops nova-compute in two steps (``Service.stop``): the RPC server
@@ -40,9 +52,9 @@ from nova import manager as nova_manager
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
 
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
-from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import shutdown
 
 # Nova 34 tracks the manager's tasks and skips periodic tasks during a
@@ -875,11 +887,13 @@ class DrainTest(GracefulShutdownBase):
         # The guest powers itself off: handed on after the grace, while
         # the service shuts down. The others are destroyed behind Nova's
         # back: held for the full delay, still held at cleanup_host.
-        self.external_stop(guest_off, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
-                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.external_stop(
+            guest_off, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
+                           libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         for server in destroyed:
-            self.external_stop(server, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST,
-                               libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+            self.external_stop(
+                server, libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST,
+                               libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertTrue(base.wait_until(
             lambda: self.src.stats()['delivered'] ==
             before['delivered'] + 1), self.src.stats())
@@ -935,8 +949,8 @@ class DrainTest(GracefulShutdownBase):
         before = self.src.stats()['cancelled_by_reason'].get(
             'no listener', 0)
 
-        self.external_stop(server, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
-                           libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.external_stop(server, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
+                           libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
         self.assertTrue(base.wait_until(
             lambda: self.src.stats()['cancelled_by_reason'].get(
@@ -960,5 +974,6 @@ class DrainTest(GracefulShutdownBase):
     def external_stop(self, server, shutdown_detail, stopped_detail):
         conn = self.src.connection
         dom = conn.lookupByUUIDString(server['id'])
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
+        conn._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
         shutdown_fixtures.mark_stopped(conn, dom, stopped_detail)

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova operations on one compute: no spurious stop, correct end state.
 
 Each scenario drives one operation through Nova's REST API while Nova's
@@ -22,7 +34,7 @@ CLEAN_OFF = ['SHUTDOWN_GUEST', 'STOPPED_SHUTDOWN']
 DESTROYED = ['SHUTDOWN_HOST', 'STOPPED_DESTROYED']
 START = ['RESUMED_UNPAUSED', 'STARTED_BOOTED']
 # libvirt's REBOOT event (the fake has no name for it).
-VIR_DOMAIN_EVENT_ID_REBOOT = 1
+DOMAIN_EVENT_ID_REBOOT = 1
 
 
 class SingleComputeTestBase(operations_base.OperationsTestBase):
@@ -100,7 +112,7 @@ class GuestRebootTest(SingleComputeTestBase):
         """
         dom = self.domain(server)
         callback = self.connection._event_callbacks.get(
-            VIR_DOMAIN_EVENT_ID_REBOOT)
+            DOMAIN_EVENT_ID_REBOOT)
         for _ in range(times):
             if callback is not None:
                 callback[0](self.connection, dom, callback[1])

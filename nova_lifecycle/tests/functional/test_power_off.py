@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova's own power-off never looks like an unexpected stop.
 
 The REST API stops a server whose guest takes its time to honour the ACPI
@@ -24,9 +36,9 @@ import fixtures
 from nova.compute import power_state
 from nova.tests.fixtures import libvirt as fakelibvirt
 
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
-from nova_lifecycle.eventpath import libvirt_events
 
 SUSPENDED_IOERROR = 2
 RESUMED_UNPAUSED = 0
@@ -129,8 +141,8 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
         self.assertTrue(self.guests.wait_for_press(self.uuid))
         self.run_sync_in_the_middle(sync, sync_thread)
         # The guest pauses on an I/O error and resumes meanwhile.
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, SUSPENDED_IOERROR)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED)
+        self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED, SUSPENDED_IOERROR)
+        self.emit(libvirt_events.DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED)
         self.guests.release(self.uuid)
 
         self.assert_stopped_by_nova_alone()
@@ -152,9 +164,13 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
         # The guest restarts on the power button instead of shutting down
         # (an OS set to do so): the power-off is woken, finds the domain
         # running, and goes on pressing.
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
+        self.emit(
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.emit(
+            libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.emit(libvirt_events.DOMAIN_EVENT_STARTED, 0)
         self.assertTrue(self.guests.wait_for_press(self.uuid, count=2))
 
         self.assert_stopped_by_nova_alone()

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Power states through the plugin in Nova's in-process deployment.
 
 Each test drives Nova through its REST API (or the fake hypervisor) and
@@ -11,8 +23,8 @@ from nova.compute import power_state
 from nova.compute import vm_states
 from nova import objects
 
-from nova_lifecycle.tests.functional import base
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests.functional import base
 
 
 class PowerStateTestCase(base.LifecycleTestBase):
@@ -70,7 +82,8 @@ class GuestStopTest(PowerStateTestCase):
     def test_guest_crash_reaches_api_within_the_grace(self):
         server, before = self.boot()
 
-        self.guest_stops(server, stopped_detail=libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED,
+        self.guest_stops(
+            server, stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
                          shutdown_detail=None)
 
         self.assertEqual(['STARTED_BOOTED', 'STOPPED_CRASHED'],

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Test base for real libvirtd + QEMU: boots the tiny test guest.
 
 Needs, on the machine running the tests:
@@ -105,11 +117,11 @@ if libvirt is not None:
     for _event in ('DEFINED', 'UNDEFINED', 'STARTED', 'SUSPENDED',
                    'RESUMED', 'STOPPED', 'SHUTDOWN', 'PMSUSPENDED',
                    'CRASHED'):
-        _number = getattr(libvirt, 'VIR_DOMAIN_EVENT_' + _event, None)
+        _number = getattr(libvirt, 'DOMAIN_EVENT_' + _event, None)
         if _number is None:
             continue
         EVENT_NAMES[_number] = _event
-        _prefix = 'VIR_DOMAIN_EVENT_%s_' % _event
+        _prefix = 'DOMAIN_EVENT_%s_' % _event
         DETAIL_NAMES[_number] = {
             getattr(libvirt, attr): attr[len(_prefix):]
             for attr in dir(libvirt)
@@ -528,10 +540,10 @@ class IntegrationTestCase(base.TestCase):
         self.recorder = EventRecorder()
         callbacks = [
             self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                None, libvirt.DOMAIN_EVENT_ID_LIFECYCLE,
                 self.recorder.lifecycle, None),
             self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+                None, libvirt.DOMAIN_EVENT_ID_REBOOT,
                 self.recorder.reboot, None),
         ]
         for callback in callbacks:

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The plugin's driver on a real libvirtd: test base and recording manager.
 
 :class:`DriverTestCase` builds a ``LibvirtLifecycleDriver`` the way
@@ -291,7 +303,7 @@ class DriverTestCase(lc_base.TestCase):
         """
         conn = base.open_connection()
         conn.domainEventRegisterAny(None,
-                                    libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    libvirt.DOMAIN_EVENT_ID_LIFECYCLE,
                                     self.recorder.lifecycle, None)
         self._release_test_connection()
         self.conn = conn

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The plugin's event path on a real libvirtd, from QEMU to the manager.
 
 Each test runs the plugin's driver (see :mod:`driver_base`) and compares
@@ -12,9 +24,9 @@ from unittest import mock
 import uuid
 
 from nova_lifecycle import concurrency
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.integration import base
 from nova_lifecycle.tests.integration import driver_base
-from nova_lifecycle.eventpath import libvirt_events
 
 libvirt = base.libvirt
 
@@ -84,7 +96,8 @@ class TestGuestPowersOff(driver_base.DriverTestCase):
 
         event = delivered.event
         self.assertEqual('STOPPED_SHUTDOWN', event.detail_name)
-        self.assertEqual(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST, event.shutdown_detail)
+        self.assertEqual(
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST, event.shutdown_detail)
         # The plugin's callback ran when libvirt sent the event (the test's
         # own connection heard it at the same moment, give or take the
         # scheduling of two threads) ...

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """LibvirtLifecycleDriver on Nova's fake libvirt: the emitters end to end."""
 
 import threading
@@ -13,11 +25,11 @@ from nova.virt.libvirt import host as nova_host
 
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import loop as libvirt_loop
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.eventpath import loop as libvirt_loop
-from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import host as lc_host
 
 WAIT = 10
@@ -98,7 +110,7 @@ class LoadedDriverTest(DriverTestCase):
         conn = self.start_events()
         # _get_new_connection registered the plugin's lifecycle callback.
         callback, opaque = conn._event_callbacks[
-            fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE]
+            fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE]
         self.assertIs(lc_host.lifecycle_callback, callback)
         self.assertIs(self.driver._host, opaque)
         # _init_events started the handler's loop...
@@ -152,9 +164,11 @@ class EventPathTest(DriverTestCase):
         dom = conn.createXML(DOMAIN_XML, 0)
         self.assertTrue(self.listener.wait_for(1))
         # A hard reboot as libvirt reports it.
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0)
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
+        conn._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+        conn._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_RESUMED, 0)
+        conn._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_STARTED, 0)
         self.assertTrue(self.listener.wait_for(3))
         self.assertEqual(
             [virtevent.EVENT_LIFECYCLE_STARTED,
@@ -253,7 +267,9 @@ class ConnectionAndShutdownTest(DriverTestCase):
         driver._host.initialize()
         conn = driver._host.get_connection()
         dom = conn.createXML(DOMAIN_XML, 0)
-        conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        conn._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         self.assertTrue(driver._pipeline.ledger.wait_received(2, WAIT))
         self.assertIn(libvirt_loop.THREAD_NAME,
                       concurrency.plugin_threads())

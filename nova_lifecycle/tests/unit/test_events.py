@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Translation of libvirt lifecycle callbacks into Nova events."""
 
 import fixtures
@@ -25,19 +37,45 @@ class Dom:
 
 # (libvirt event, detail) -> Nova transition, as upstream Nova maps them.
 TRANSITIONS = [
-    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, virtevent.EVENT_LIFECYCLE_STARTED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 1, virtevent.EVENT_LIFECYCLE_STARTED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STARTED, 2, virtevent.EVENT_LIFECYCLE_STARTED),
-    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, virtevent.EVENT_LIFECYCLE_PAUSED),
-    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 2, virtevent.EVENT_LIFECYCLE_PAUSED),
-    (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 7, virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
-    (libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, virtevent.EVENT_LIFECYCLE_RESUMED),
-    (libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 1, virtevent.EVENT_LIFECYCLE_RESUMED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 1, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 2, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 3, virtevent.EVENT_LIFECYCLE_STOPPED),
-    (libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 5, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (
+        libvirt_events.DOMAIN_EVENT_STARTED, 0,
+        virtevent.EVENT_LIFECYCLE_STARTED),
+    (
+        libvirt_events.DOMAIN_EVENT_STARTED, 1,
+        virtevent.EVENT_LIFECYCLE_STARTED),
+    (
+        libvirt_events.DOMAIN_EVENT_STARTED, 2,
+        virtevent.EVENT_LIFECYCLE_STARTED),
+    (
+        libvirt_events.DOMAIN_EVENT_SUSPENDED, 0,
+        virtevent.EVENT_LIFECYCLE_PAUSED),
+    (
+        libvirt_events.DOMAIN_EVENT_SUSPENDED, 2,
+        virtevent.EVENT_LIFECYCLE_PAUSED),
+    (
+        libvirt_events.DOMAIN_EVENT_SUSPENDED, 7,
+        virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
+    (
+        libvirt_events.DOMAIN_EVENT_RESUMED, 0,
+        virtevent.EVENT_LIFECYCLE_RESUMED),
+    (
+        libvirt_events.DOMAIN_EVENT_RESUMED, 1,
+        virtevent.EVENT_LIFECYCLE_RESUMED),
+    (
+        libvirt_events.DOMAIN_EVENT_STOPPED, 0,
+        virtevent.EVENT_LIFECYCLE_STOPPED),
+    (
+        libvirt_events.DOMAIN_EVENT_STOPPED, 1,
+        virtevent.EVENT_LIFECYCLE_STOPPED),
+    (
+        libvirt_events.DOMAIN_EVENT_STOPPED, 2,
+        virtevent.EVENT_LIFECYCLE_STOPPED),
+    (
+        libvirt_events.DOMAIN_EVENT_STOPPED, 3,
+        virtevent.EVENT_LIFECYCLE_STOPPED),
+    (
+        libvirt_events.DOMAIN_EVENT_STOPPED, 5,
+        virtevent.EVENT_LIFECYCLE_STOPPED),
 ]
 
 
@@ -60,21 +98,24 @@ class TranslateTest(test.NoDBTestCase):
         for detail, name in [(0, 'STOPPED_SHUTDOWN'),
                              (1, 'STOPPED_DESTROYED'),
                              (2, 'STOPPED_CRASHED')]:
-            event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, detail)
+            event = libvirt_events.translate(Dom(
+                ), libvirt_events.DOMAIN_EVENT_STOPPED, detail)
             self.assertEqual(name, event.detail_name)
             self.assertIn(name, str(event))
 
     def test_types_nova_does_not_act_on_are_dropped(self):
         # DEFINED, UNDEFINED, PMSUSPENDED, CRASHED
         for libvirt_event in (0, 1, 7, 8):
-            self.assertIsNone(libvirt_events.translate(Dom(), libvirt_event, 0))
+            self.assertIsNone(libvirt_events.translate(Dom(
+                ), libvirt_event, 0))
 
     def test_shutdown_becomes_a_notice_of_who_asked(self):
-        notice = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN,
-                                  libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        notice = libvirt_events.translate(Dom(
+            ), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                                  libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.assertIsInstance(notice, libvirt_events.ShutdownNotice)
         self.assertNotIsInstance(notice, virtevent.LifecycleEvent)
-        self.assertEqual((UUID, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+        self.assertEqual((UUID, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST),
                          (notice.uuid, notice.libvirt_detail))
         self.assertIn('SHUTDOWN_GUEST', repr(notice))
 
@@ -85,7 +126,8 @@ class TranslateTest(test.NoDBTestCase):
         self.assertFalse(event.is_known)
 
     def test_unknown_detail_keeps_the_transition(self):
-        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 99)
+        event = libvirt_events.translate(Dom(
+            ), libvirt_events.DOMAIN_EVENT_STOPPED, 99)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
         self.assertFalse(event.is_known)
         self.assertEqual('STOPPED_UNKNOWN(99)', event.detail_name)
@@ -94,7 +136,8 @@ class TranslateTest(test.NoDBTestCase):
         error = fakelibvirt.make_libvirtError(
             fakelibvirt.libvirtError, 'Domain not found',
             error_code=fakelibvirt.VIR_ERR_NO_DOMAIN)
-        event = libvirt_events.translate(Dom(error=error), libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0)
+        event = libvirt_events.translate(Dom(
+            error=error), libvirt_events.DOMAIN_EVENT_STOPPED, 0)
         self.assertIsNone(event.uuid)
         self.assertIn('Domain not found', event.error)
 
@@ -102,8 +145,9 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             return_value=type('JobInfo', (), {'type': job_type})()))
-        return libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
-                                libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        return libvirt_events.translate(Dom(
+            ), libvirt_events.DOMAIN_EVENT_SUSPENDED,
+                                libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
 
     def test_suspended_migrated_with_completed_job(self):
         event = self._migrated(fakelibvirt.VIR_DOMAIN_JOB_COMPLETED)
@@ -118,8 +162,9 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             side_effect=fakelibvirt.libvirtError('connection lost')))
-        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED,
-                                 libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        event = libvirt_events.translate(Dom(
+            ), libvirt_events.DOMAIN_EVENT_SUSPENDED,
+                                 libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_PAUSED, event.transition)
         self.assertIn('connection lost', event.error)
         self.assertEqual(UUID, event.uuid)
@@ -127,6 +172,7 @@ class TranslateTest(test.NoDBTestCase):
     def test_received_at_is_monotonic_time(self):
         import time
         before = time.monotonic()
-        event = libvirt_events.translate(Dom(), libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0)
+        event = libvirt_events.translate(Dom(
+            ), libvirt_events.DOMAIN_EVENT_STARTED, 0)
         self.assertGreaterEqual(event.received_at, before)
         self.assertLessEqual(event.received_at, time.monotonic())

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Faults on the event path: every event accounted for, no thread dies.
 
 Each test makes a fault happen where it would in production (Nova's own
@@ -36,16 +48,16 @@ from nova.virt import fake
 from oslo_db import exception as db_exc
 import oslo_messaging
 
-from nova_lifecycle import concurrency
 from nova_lifecycle.common import delayed
+from nova_lifecycle import concurrency
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import loop as libvirt_loop
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_pipeline
 from nova_lifecycle.tests.unit import test_sync
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.eventpath import loop as libvirt_loop
-from nova_lifecycle.eventpath import libvirt_events
 
 WAIT = 10
 UUID = test_driver.UUID
@@ -195,14 +207,18 @@ class FaultTestCase(test_driver.DriverTestCase):
     def guest_shuts_down(self):
         """The guest powers itself off: SHUTDOWN then STOPPED (1 event)."""
         self.set_state(SHUTOFF)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.emit(
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.emit(
+            libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def assert_path_alive(self):
         """The next event is delivered; libvirt's loop thread runs."""
         counts = Counts(self.ledger)
         self.set_state(PAUSED)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
+        self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED, 0)
         delta = counts.wait_ended(1)
         self.assertEqual(1, delta['delivered'], delta)
         threads = concurrency.plugin_threads()
@@ -286,7 +302,7 @@ class ManagerFaultTestCase(FaultTestCase):
     def pause(self):
         """The guest is paused (1 event, delivered straight away)."""
         self.set_state(PAUSED)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
+        self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED, 0)
 
     def assert_failed_with(self, delta, error_name):
         self.assertEqual({error_name: 1}, delta['failed_by_error'], delta)
@@ -376,7 +392,7 @@ class HandlerFaultTest(ManagerFaultTestCase):
         counts = Counts(self.ledger)
         for i in range(20):
             self.set_state(PAUSED if i % 2 else RUNNING)
-            self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED if i % 2 else libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0)
+            self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED if i % 2 else libvirt_events.DOMAIN_EVENT_RESUMED, 0)
         delta = counts.wait_ended(20)
         self.assertEqual({'DBConnectionError': 20}, delta['failed_by_error'])
         self.assertEqual([], self.read_faults)
@@ -408,7 +424,9 @@ class RecheckFaultTest(ManagerFaultTestCase):
         # by the time the grace ends, as a transient domain would be.
         self.set_state(SHUTOFF)
         self.dom.undefine()
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED)
+        self.emit(
+            libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED)
         delta = counts.wait_ended(1)
         self.assertEqual(1, delta['delivered'], delta)
         self.assertNotIn('Cannot read the state', self.log)
@@ -614,8 +632,9 @@ class BurstFaultTest(FaultTestCase):
         def burst(count):
             for i in range(count):
                 uuid = self.uuids[i % self.INSTANCES]
-                kind = (libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED if len(sent[uuid]) % 2 == 0
-                        else libvirt_events.VIR_DOMAIN_EVENT_RESUMED)
+                kind = (libvirt_events.DOMAIN_EVENT_SUSPENDED if len(sent[
+                    uuid]) % 2 == 0
+                        else libvirt_events.DOMAIN_EVENT_RESUMED)
                 sent[uuid].append(kind)
                 self.loop.add(self.emit_step(self.conn, uuid, kind))
 
@@ -649,8 +668,11 @@ class BurstFaultTest(FaultTestCase):
         # (the test takes a second or two, more on a loaded machine).
         self.flags(stopped_event_grace=15, stopped_event_delay=60,
                    group='lifecycle')
-        kinds = [libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                 libvirt_events.VIR_DOMAIN_EVENT_STARTED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED]
+        kinds = [
+            libvirt_events.DOMAIN_EVENT_SUSPENDED,
+            libvirt_events.DOMAIN_EVENT_RESUMED,
+            libvirt_events.DOMAIN_EVENT_STOPPED,
+                 libvirt_events.DOMAIN_EVENT_STARTED, libvirt_events.DOMAIN_EVENT_STOPPED]
         script = [(self.uuids[i % self.INSTANCES],
                    kinds[(i // self.INSTANCES) % len(kinds)])
                   for i in range(1000)]
@@ -688,8 +710,8 @@ class BurstFaultTest(FaultTestCase):
         # that was the last was still held, and the shutdown cancelled it
         # with a log line; every other event was delivered.
         held = [u for u, kinds in kinds_of.items()
-                if kinds[-1] == libvirt_events.VIR_DOMAIN_EVENT_STOPPED]
-        superseded = sum(kinds[:-1].count(libvirt_events.VIR_DOMAIN_EVENT_STOPPED)
+                if kinds[-1] == libvirt_events.DOMAIN_EVENT_STOPPED]
+        superseded = sum(kinds[:-1].count(libvirt_events.DOMAIN_EVENT_STOPPED)
                          for kinds in kinds_of.values())
         reasons = dict(delta['cancelled_by_reason'])
         self.assertEqual(len(held), reasons.pop('shutdown', 0), delta)
@@ -703,7 +725,7 @@ class BurstFaultTest(FaultTestCase):
                           'shutdown' % uuid, self.log)
         for uuid in self.uuids:
             self.assertEqual(
-                [k for u, k in emitted if u == uuid and k != libvirt_events.VIR_DOMAIN_EVENT_STOPPED],
+                [k for u, k in emitted if u == uuid and k != libvirt_events.DOMAIN_EVENT_STOPPED],
                 self.listener.libvirt_events(uuid))
 
     def test_failing_loop_iterations_do_not_stop_the_loop(self):
@@ -726,7 +748,7 @@ class BurstFaultTest(FaultTestCase):
         self.assertIn('poll failed', str(loop.last_error))
         counts = Counts(self.ledger)
         self.loop.add(self.emit_step(self.conn, self.uuids[0],
-                                     libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED))
+                                     libvirt_events.DOMAIN_EVENT_SUSPENDED))
         self.assertEqual(1, counts.wait_ended(1)['delivered'])
         self.assertTrue(loop.is_alive())
         self.stop_and_check_threads()

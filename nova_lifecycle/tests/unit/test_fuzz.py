@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """libvirt's lifecycle callback fed arbitrary arguments (hypothesis).
 
 Each example is a script of lifecycle callbacks, made of any event type
@@ -47,10 +59,10 @@ from nova.virt import event as virtevent
 from nova.virt import fake
 
 from nova_lifecycle import concurrency
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_faults
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import host as lc_host
 
 WAIT = 10
@@ -117,16 +129,16 @@ def scripts(draw):
 
 def nova_transition(event_type, detail, behaviour):
     """Nova's transition for a libvirt event (upstream's mapping)."""
-    if event_type == libvirt_events.VIR_DOMAIN_EVENT_STOPPED:
+    if event_type == libvirt_events.DOMAIN_EVENT_STOPPED:
         return virtevent.EVENT_LIFECYCLE_STOPPED
-    if event_type == libvirt_events.VIR_DOMAIN_EVENT_STARTED:
+    if event_type == libvirt_events.DOMAIN_EVENT_STARTED:
         return virtevent.EVENT_LIFECYCLE_STARTED
-    if event_type == libvirt_events.VIR_DOMAIN_EVENT_RESUMED:
+    if event_type == libvirt_events.DOMAIN_EVENT_RESUMED:
         return virtevent.EVENT_LIFECYCLE_RESUMED
-    if event_type == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED:
-        if detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY:
+    if event_type == libvirt_events.DOMAIN_EVENT_SUSPENDED:
+        if detail == libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY:
             return virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED
-        if (detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED and
+        if (detail == libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED and
                 behaviour == 'job-completed'):
             return virtevent.EVENT_LIFECYCLE_MIGRATION_COMPLETED
         return virtevent.EVENT_LIFECYCLE_PAUSED
@@ -156,12 +168,12 @@ class Expected:
                 continue
             uuid = uuid_of[identity]
             if behaviour in ('no-uuid', 'broken'):
-                if event_type != libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN:
+                if event_type != libvirt_events.DOMAIN_EVENT_SHUTDOWN:
                     self.received += 1
                     self.unreadable += 1
                     self.failed['BadLifecycleEvent'] += 1
                 continue
-            if event_type == libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN:
+            if event_type == libvirt_events.DOMAIN_EVENT_SHUTDOWN:
                 notes[uuid] = detail
                 continue
             self.received += 1
@@ -170,8 +182,9 @@ class Expected:
                 self.cancelled['no Nova transition'] += 1
                 self.unknown_types.add(event_type)
                 continue
-            job_error = (event_type == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED and
-                         detail == libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED and
+            job_error = (
+                event_type == libvirt_events.DOMAIN_EVENT_SUSPENDED and
+                         detail == libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED and
                          behaviour == 'job-error')
             record = (transition, event_type, detail, notes.pop(uuid, None),
                       job_error)

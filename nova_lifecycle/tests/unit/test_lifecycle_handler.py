@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Nova's lifecycle handler, fed by the plugin: its rules as one table.
 
 A libvirt callback goes through the plugin (translation, hold, dispatch)
@@ -31,9 +43,9 @@ from nova import exception
 from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
 
+from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_faults
-from nova_lifecycle.eventpath import libvirt_events
 
 UUID = test_driver.UUID
 
@@ -51,34 +63,54 @@ COMPLETED = 'running'
 #      bindings Nova activates or None)
 TABLE = [
     # The transition's power state, the live state agreeing.
-    ((libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, RUNNING, None), (power_state.RUNNING, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, RUNNING, None), (power_state.RUNNING, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, PAUSED, None), (power_state.PAUSED, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, SHUTOFF, None),
+    ((libvirt_events.DOMAIN_EVENT_STARTED, 0, RUNNING, None), (
+        power_state.RUNNING, None)),
+    ((libvirt_events.DOMAIN_EVENT_RESUMED, 0, RUNNING, None), (
+        power_state.RUNNING, None)),
+    ((libvirt_events.DOMAIN_EVENT_SUSPENDED, 0, PAUSED, None), (
+        power_state.PAUSED, None)),
+    ((
+        libvirt_events.DOMAIN_EVENT_STOPPED,
+        libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, SHUTOFF, None),
+    ((
+        libvirt_events.DOMAIN_EVENT_STOPPED,
+        libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, SHUTOFF, None),
+    ((
+        libvirt_events.DOMAIN_EVENT_STOPPED,
+        libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED, SHUTOFF, None),
      (power_state.SHUTDOWN, None)),
     # A late event: the domain has moved on, Nova leaves the instance.
-    ((libvirt_events.VIR_DOMAIN_EVENT_STARTED, 0, SHUTOFF, None), (None, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_RESUMED, 0, PAUSED, None), (None, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, RUNNING, None), (None, None)),
+    ((libvirt_events.DOMAIN_EVENT_STARTED, 0, SHUTOFF, None), (None, None)),
+    ((libvirt_events.DOMAIN_EVENT_RESUMED, 0, PAUSED, None), (None, None)),
+    ((libvirt_events.DOMAIN_EVENT_SUSPENDED, 0, RUNNING, None), (None, None)),
     # Live migration: post-copy and the source's end activate the
     # destination's port bindings, whether or not the state agrees.
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, MIGRATING),
+    ((
+        libvirt_events.DOMAIN_EVENT_SUSPENDED,
+        libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, MIGRATING),
      (power_state.PAUSED, POSTCOPY)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, RUNNING, MIGRATING),
+    ((
+        libvirt_events.DOMAIN_EVENT_SUSPENDED,
+        libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY, RUNNING, MIGRATING),
      (None, POSTCOPY)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, MIGRATING),
+    ((
+        libvirt_events.DOMAIN_EVENT_SUSPENDED,
+        libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, MIGRATING),
      (power_state.PAUSED, COMPLETED)),
     # ... and only during a live migration.
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, None),
+    ((
+        libvirt_events.DOMAIN_EVENT_SUSPENDED,
+        libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY, PAUSED, None),
      (power_state.PAUSED, None)),
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, None),
+    ((
+        libvirt_events.DOMAIN_EVENT_SUSPENDED,
+        libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED, PAUSED, None),
      (power_state.PAUSED, None)),
     # An ordinary pause during a migration binds nothing.
-    ((libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0, PAUSED, MIGRATING), (power_state.PAUSED, None)),
+    ((libvirt_events.DOMAIN_EVENT_SUSPENDED, 0, PAUSED, MIGRATING), (
+        power_state.PAUSED, None)),
 ]
 
 
@@ -160,7 +192,9 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
     def test_migration_record_missing_is_a_warning(self):
         self.migration.side_effect = exception.MigrationNotFoundByStatus(
             instance_id=UUID, status=POSTCOPY)
-        delta = self.handle(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY,
+        delta = self.handle(
+            libvirt_events.DOMAIN_EVENT_SUSPENDED,
+            libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY,
                             PAUSED, MIGRATING)
         self.assertEqual(1, delta['delivered'], delta)
         self.bind.assert_not_called()
@@ -171,7 +205,7 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
         self.sync.reset_mock()
         counts = test_faults.Counts(self.ledger)
         self.set_state(PAUSED)
-        self.emit(libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, 0)
+        self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED, 0)
         delta = counts.wait_ended(1)
         self.assertEqual(1, delta['delivered'], delta)
         self.sync.assert_not_called()

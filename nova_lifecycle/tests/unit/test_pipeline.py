@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The event pipeline: order, holding STOPPED, bad input, accounting."""
 
 import collections
@@ -9,10 +21,10 @@ from nova.virt import event as virtevent
 from nova.virt.libvirt import event as libvirtevent
 
 from nova_lifecycle import concurrency
-from nova_lifecycle.tests import base
-from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import path as event_path
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
 
 WAIT = 10
 UUID_A = 'aaaaaaaa-0000-0000-0000-000000000001'
@@ -23,8 +35,8 @@ STOPPED = virtevent.EVENT_LIFECYCLE_STOPPED
 PAUSED = virtevent.EVENT_LIFECYCLE_PAUSED
 RESUMED = virtevent.EVENT_LIFECYCLE_RESUMED
 
-_LIBVIRT_TYPE = {STARTED: libvirt_events.VIR_DOMAIN_EVENT_STARTED, STOPPED: libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                 PAUSED: libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, RESUMED: libvirt_events.VIR_DOMAIN_EVENT_RESUMED}
+_LIBVIRT_TYPE = {STARTED: libvirt_events.DOMAIN_EVENT_STARTED, STOPPED: libvirt_events.DOMAIN_EVENT_STOPPED,
+                 PAUSED: libvirt_events.DOMAIN_EVENT_SUSPENDED, RESUMED: libvirt_events.DOMAIN_EVENT_RESUMED}
 
 
 def lifecycle(uuid, transition, detail=0, libvirt_event=None):
@@ -158,7 +170,8 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_stopped_is_delivered_after_the_delay(self):
         p = self.make(delay=0.05)
-        event = lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        event = lifecycle(
+            UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         p.queue_event(event)
         self.recorder.wait_for(1)
         delivered = self.recorder.events[0]
@@ -167,7 +180,8 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_later_event_cancels_held_stopped(self):
         p = self.make(delay=60)
-        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED))
+        p.queue_event(lifecycle(
+            UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
         self.assertTrue(p.ledger.wait_received(1, WAIT))
         self.assertEqual([UUID_A], [u for u, _ in p.held_stops()])
         p.queue_event(lifecycle(UUID_A, RESUMED))
@@ -195,12 +209,12 @@ class HeldStoppedTest(PipelineTestCase):
         uuids = ['00000000-0000-0000-0000-%012d' % i for i in range(10)]
         for uuid in uuids:
             p.queue_event(libvirt_events.ShutdownNotice(uuid,
-                                                libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST))
+                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
         # The last domain does stop: its note is still there for it.
         p.queue_event(lifecycle(uuids[-1], STOPPED,
-                                libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+                                libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN))
         self.recorder.wait_for(1)
-        self.assertEqual(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
+        self.assertEqual(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
                          self.recorder.events[0].shutdown_detail)
         self.assertEqual(uuids[-3:-1], list(p._shutdown_notes))
 
@@ -222,8 +236,10 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_second_stopped_replaces_the_first(self):
         p = self.make(delay=0.1)
-        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
-        p.queue_event(lifecycle(UUID_A, STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED))
+        p.queue_event(lifecycle(
+            UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN))
+        p.queue_event(lifecycle(
+            UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
         self.recorder.wait_for(1)
         stats = self.wait_ended(p, 2)
         self.assertEqual(['STOPPED_DESTROYED'],
@@ -279,7 +295,8 @@ class BadInputTest(PipelineTestCase):
     def test_unknown_event_type_logged_once(self):
         p = self.make()
         for _ in range(3):
-            p.queue_event(libvirt_events.DomainLifecycleEvent(UUID_A, None, 42, 0))
+            p.queue_event(libvirt_events.DomainLifecycleEvent(
+                UUID_A, None, 42, 0))
         stats = self.wait_ended(p, 3)
         self.assertEqual({'no Nova transition': 3},
                          stats['cancelled_by_reason'])
@@ -296,7 +313,7 @@ class BadInputTest(PipelineTestCase):
     def test_event_without_uuid_fails_with_a_warning(self):
         p = self.make()
         p.queue_event(libvirt_events.DomainLifecycleEvent(
-            None, None, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, 0, error='cannot read domain UUID'))
+            None, None, libvirt_events.DOMAIN_EVENT_STOPPED, 0, error='cannot read domain UUID'))
         stats = self.wait_ended(p, 1)
         self.assertEqual({'BadLifecycleEvent': 1}, stats['failed_by_error'])
         self.assertIn('cannot read domain UUID', self.logs.output)

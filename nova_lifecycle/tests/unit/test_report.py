@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The operator's view: Guru Meditation section and periodic stats line."""
 
 import threading
@@ -6,8 +18,8 @@ import fixtures
 from nova import version
 from oslo_reports import guru_meditation_report as gmr
 
-from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.virt import status_report
 
 WAIT = 10
@@ -22,8 +34,9 @@ class ReportTest(test_driver.DriverTestCase):
         self.driver.register_event_listener(self.listener)
         self.conn = self.start_events()
         self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
-        self.conn._emit_lifecycle(self.dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        self.conn._emit_lifecycle(
+            self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+                                  libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         # Nova's fake sends a STARTED before the domain can be read (one
         # failed event), then the real one (delivered); the STOPPED stays
         # held.

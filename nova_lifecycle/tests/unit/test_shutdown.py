@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Clean guest shutdown on Nova's fake libvirt, with guests that behave."""
 
 import time
@@ -7,8 +19,8 @@ from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
-from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.virt import shutdown
 
 WAIT = 10
@@ -55,9 +67,11 @@ class Guest:
         dom._state = SHUTOFF
         if not self.lose_event:
             conn = dom._connection
-            conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
-            conn._emit_lifecycle(dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                                 libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            conn._emit_lifecycle(
+                dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
+            conn._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+                                 libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def join(self):
         for timer in self.timers:
@@ -202,11 +216,11 @@ class StopWaitersTest(test_driver.DriverTestCase):
         mine = waiters.register(UUID)
         other = waiters.register('other')
         waiters.notify(libvirt_events.DomainLifecycleEvent(
-            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STARTED, libvirt_events.VIR_DOMAIN_EVENT_STARTED,
+            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STARTED, libvirt_events.DOMAIN_EVENT_STARTED,
             0))
         self.assertFalse(mine.is_set())
         waiters.notify(libvirt_events.DomainLifecycleEvent(
-            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
+            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED,
             0))
         self.assertTrue(mine.is_set())
         self.assertFalse(other.is_set())

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Fast and safe STOPPED: driver operations, the grace and the re-check."""
 
 import inspect
@@ -12,12 +24,12 @@ from nova.virt import fake
 from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_lifecycle import conf
+from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import policy
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.virt import operations
-from nova_lifecycle.eventpath import policy
 
 WAIT = 10
 UUID = test_driver.UUID
@@ -159,7 +171,7 @@ class TrackedMethodsTest(base.TestCase):
 
 def stopped_event(detail, shutdown_detail=None, uuid=UUID):
     event = libvirt_events.DomainLifecycleEvent(
-        uuid, virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED, detail)
+        uuid, virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED, detail)
     event.shutdown_detail = shutdown_detail
     return event
 
@@ -182,26 +194,28 @@ class StoppedPolicyTest(test.NoDBTestCase):
         return state
 
     def test_hold_table(self):
-        S, G, H = (libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST,
-                   libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+        S, G, H = (
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_FINISHED,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
+                   libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
         IDLE, DURING, AFTER = 'no operation', 'during', 'just after'
         # (STOPPED detail, SHUTDOWN detail before it, driver operation)
         #   -> seconds held
         table = [
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, G, IDLE, 2),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, G, DURING, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, G, AFTER, 2),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, H, IDLE, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, H, DURING, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, H, AFTER, 2),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, S, IDLE, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, None, IDLE, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, None, IDLE, 2),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED, None, DURING, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_FAILED, None, IDLE, 2),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, None, IDLE, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, None, DURING, 15),
-            (libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, None, AFTER, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, G, IDLE, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, G, DURING, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, G, AFTER, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, H, IDLE, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, H, DURING, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, H, AFTER, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, S, IDLE, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN, None, IDLE, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED, None, IDLE, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED, None, DURING, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_FAILED, None, IDLE, 2),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED, None, IDLE, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED, None, DURING, 15),
+            (libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED, None, AFTER, 2),
             (3, None, IDLE, 15),  # MIGRATED
             (3, None, AFTER, 2),
             (4, None, IDLE, 15),  # SAVED
@@ -229,7 +243,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         self.ops = operations.DriverOperations(clock=lambda: now[0])
         self.policy = policy.StoppedPolicy(conf.CONF.lifecycle, self.ops,
                                             self.live_state)
-        event = stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        event = stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertEqual(15, self.policy.hold_for(event))
         with self.ops.track(UUID, 'destroy'):
             self.assertEqual(15, self.policy.hold_for(event))
@@ -243,14 +257,15 @@ class StoppedPolicyTest(test.NoDBTestCase):
             pass
         # Another instance is not concerned.
         self.assertEqual(15, self.policy.hold_for(
-            stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, uuid='other')))
+            stopped_event(
+                libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED, uuid='other')))
         # Past the delay it is no longer news of that operation.
         now[0] = 67.0
         self.assertEqual(15, self.policy.hold_for(event))
 
     def test_upstream_behaviour_when_disabled(self):
         self.flags(fast_stopped_events=False, group='lifecycle')
-        event = stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED)
+        event = stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED)
         self.assertEqual(15, self.policy.hold_for(event))
         self.assertIsNone(self.policy.after_operations())
         self.live[UUID] = RUNNING
@@ -259,11 +274,11 @@ class StoppedPolicyTest(test.NoDBTestCase):
     def test_grace_never_exceeds_the_delay(self):
         self.flags(stopped_event_delay=1, group='lifecycle')
         self.assertEqual(1, self.policy.hold_for(
-            stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_CRASHED)))
+            stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED)))
         self.assertEqual(1, self.policy.after_operations())
 
     def test_recheck_against_live_state(self):
-        event = stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        event = stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         for state, expected in [(1, 'domain is running again'),
                                 (3, 'domain is paused again'),
                                 (SHUTOFF, None), (6, None), (None, None)]:
@@ -274,7 +289,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         logs = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
         self.live[UUID] = fakelibvirt.libvirtError('connection reset')
         self.assertIsNone(self.policy.recheck(
-            stopped_event(libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)))
+            stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)))
         self.assertIn('connection reset', logs.output)
         self.assertIn(UUID, logs.output)
 
@@ -301,19 +316,22 @@ class DriverStoppedTest(test_driver.DriverTestCase):
 
     def guest_stops(self, shutdown_detail):
         self.set_state(SHUTOFF)
-        self.conn._emit_lifecycle(self.dom, libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
-        self.conn._emit_lifecycle(self.dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.conn._emit_lifecycle(
+            self.dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
+        self.conn._emit_lifecycle(
+            self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+                                  libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def test_guest_powering_itself_off_is_delivered_after_the_grace(self):
-        self.guest_stops(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.assertTrue(self.listener.wait_for(2))
         event = self.listener.events[1]
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
-        self.assertEqual(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST, event.shutdown_detail)
+        self.assertEqual(
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST, event.shutdown_detail)
 
     def test_host_requested_shutdown_waits_the_full_delay(self):
-        self.guest_stops(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+        self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
         self.assertTrue(self.ledger.wait_received(2, WAIT))
         (uuid, remaining), = self.driver._pipeline.held_stops()
         self.assertEqual(UUID, uuid)
@@ -338,7 +356,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         self.assertTrue(inside.wait(WAIT))
         self.assertEqual(['power_off'],
                          self.driver._operations.active(UUID))
-        self.guest_stops(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.assertTrue(self.ledger.wait_received(2, WAIT))
         (uuid, remaining), = self.driver._pipeline.held_stops()
         self.assertGreater(remaining, 50)
@@ -353,8 +371,9 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         with self.driver._operations.track(UUID, 'destroy'):
             self.set_state(SHUTOFF)
         # The destroy's STOPPED reaches the event path only now.
-        self.conn._emit_lifecycle(self.dom, libvirt_events.VIR_DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
+        self.conn._emit_lifecycle(
+            self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
+                                  libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         # Delay 60 s, grace 0.05 s: delivered well within WAIT.
         self.assertTrue(self.listener.wait_for(2))
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED,
@@ -363,7 +382,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
 
     def test_stop_dropped_when_the_domain_runs_again(self):
         with self.driver._operations.track(UUID, 'reboot'):
-            self.guest_stops(libvirt_events.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)
+            self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
             self.assertTrue(self.ledger.wait_received(2, WAIT))
             # The reboot brought it back without a STARTED event reaching
             # us (e.g. it was lost).

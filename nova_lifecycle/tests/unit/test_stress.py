@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Concurrency stress: many threads submitting, cancelling and emitting.
 
 Every test draws its choices from ``random.Random(seed)``; the seed is in
@@ -18,20 +30,23 @@ from concurrent import futures as cf
 import fixtures
 from testtools import content
 
-from nova_lifecycle import concurrency
 from nova_lifecycle.common import delayed
-from nova_lifecycle.tests import base
-from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import path as event_path
+from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
 
 SEED_VARIABLE = 'NOVA_LIFECYCLE_STRESS_SEED'
 DEFAULT_SEED = 20260707
 WAIT = 30
 
-KINDS = (libvirt_events.VIR_DOMAIN_EVENT_STARTED, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED, libvirt_events.VIR_DOMAIN_EVENT_RESUMED, libvirt_events.VIR_DOMAIN_EVENT_STOPPED)
-_TRANSITIONS = {libvirt_events.VIR_DOMAIN_EVENT_STARTED: 0, libvirt_events.VIR_DOMAIN_EVENT_STOPPED: 1, libvirt_events.VIR_DOMAIN_EVENT_SUSPENDED: 2,
-                libvirt_events.VIR_DOMAIN_EVENT_RESUMED: 3}
+KINDS = (
+    libvirt_events.DOMAIN_EVENT_STARTED,
+    libvirt_events.DOMAIN_EVENT_SUSPENDED,
+    libvirt_events.DOMAIN_EVENT_RESUMED, libvirt_events.DOMAIN_EVENT_STOPPED)
+_TRANSITIONS = {libvirt_events.DOMAIN_EVENT_STARTED: 0, libvirt_events.DOMAIN_EVENT_STOPPED: 1, libvirt_events.DOMAIN_EVENT_SUSPENDED: 2,
+                libvirt_events.DOMAIN_EVENT_RESUMED: 3}
 
 
 class StressEvent(libvirt_events.DomainLifecycleEvent):
@@ -326,12 +341,12 @@ class PipelineStressTest(StressTestCase):
         attempted = [e for events_ in self.attempted.values()
                      for e in events_]
         sent = [e for events_ in self.sent.values() for e in events_]
-        stopped = [e for e in sent if e.libvirt_event == libvirt_events.VIR_DOMAIN_EVENT_STOPPED]
+        stopped = [e for e in sent if e.libvirt_event == libvirt_events.DOMAIN_EVENT_STOPPED]
         # Every event other than a STOPPED reached the handler.
         self.assertEqual(
-            sorted(e.seq for e in sent if e.libvirt_event != libvirt_events.VIR_DOMAIN_EVENT_STOPPED),
+            sorted(e.seq for e in sent if e.libvirt_event != libvirt_events.DOMAIN_EVENT_STOPPED),
             sorted(e.seq for e in attempted
-                   if e.libvirt_event != libvirt_events.VIR_DOMAIN_EVENT_STOPPED))
+                   if e.libvirt_event != libvirt_events.DOMAIN_EVENT_STOPPED))
         reasons = collections.Counter(stats['cancelled_by_reason'])
         superseded = sum(count for reason, count in reasons.items()
                          if reason.startswith('superseded by '))
