@@ -12,90 +12,110 @@
 
 """Counts where every event ended, so that none can vanish unnoticed.
 
-Each event received ends exactly once: delivered, cancelled (with a
-reason) or failed (with the error's type). Until then it is pending, and
-``pending`` is counted on its own, not derived, so that
-``received == delivered + cancelled + failed + pending`` is a real check.
+Each event received gets an :class:`Entry` from :meth:`EventLedger.open`;
+the entry ends exactly once: delivered, cancelled (with a reason) or
+failed (with the error's type). A second end of the same entry is refused
+and counted as a mistake of the owner (``double_ends``), never as a second
+outcome. Until it ends the event is pending, and ``pending`` is counted on
+its own, not derived, so ``received == delivered + cancelled + failed +
+pending`` is a real check.
 """
 
 import collections
 import threading
 
 
-class EventLedger:
+class Entry:
+    """One event's place in the ledger; ends once."""
 
-    def __init__(self):
-        self._lock = threading.Condition()
-        self.received = 0
-        self.pending = 0
-        self.delivered = 0
-        self.cancelled = collections.Counter()
-        self.failed = collections.Counter()
+    __slots__ = ('_ledger', '_open')
 
-    def receive(self):
-        with self._lock:
-            self.received += 1
-            self.pending += 1
-            self._lock.notify_all()
+    def __init__(self, ledger):
+        self._ledger = ledger
+        self._open = True
+
+    @property
+    def is_open(self):
+        return self._open
 
     def deliver(self):
-        with self._lock:
-            self.pending -= 1
-            self.delivered += 1
-            self._lock.notify_all()
+        """The event reached its handler. False if it had already ended."""
+        return self._ledger._end(self, 'delivered', None)
 
     def cancel(self, reason):
-        with self._lock:
-            self.pending -= 1
-            self.cancelled[reason] += 1
-            self._lock.notify_all()
+        """The event was dropped on purpose, for ``reason``."""
+        return self._ledger._end(self, 'cancelled', reason)
 
     def fail(self, error):
-        with self._lock:
-            self.pending -= 1
-            self.failed[type(error).__name__] += 1
-            self._lock.notify_all()
+        """The event could not be handled: ``error``."""
+        return self._ledger._end(self, 'failed', type(error).__name__)
+
+
+class EventLedger:
+    """The counters, and a condition observers can wait on."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._received = 0
+        self._pending = 0
+        self._delivered = 0
+        self._double_ends = 0
+        self._cancelled = collections.Counter()
+        self._failed = collections.Counter()
+
+    def open(self):
+        """Count one more event received; its :class:`Entry`."""
+        with self._cond:
+            self._received += 1
+            self._pending += 1
+            self._cond.notify_all()
+        return Entry(self)
+
+    def _end(self, entry, outcome, key):
+        with self._cond:
+            if not entry._open:
+                self._double_ends += 1
+                return False
+            entry._open = False
+            self._pending -= 1
+            if outcome == 'delivered':
+                self._delivered += 1
+            elif outcome == 'cancelled':
+                self._cancelled[key] += 1
+            else:
+                self._failed[key] += 1
+            self._cond.notify_all()
+        return True
 
     def snapshot(self):
         """A consistent copy of the counters as a plain dict."""
-        with self._lock:
+        with self._cond:
             return self._snapshot_locked()
 
     def _snapshot_locked(self):
         return {
-            'received': self.received,
-            'delivered': self.delivered,
-            'cancelled': sum(self.cancelled.values()),
-            'failed': sum(self.failed.values()),
-            'pending': self.pending,
-            'cancelled_by_reason': dict(self.cancelled),
-            'failed_by_error': dict(self.failed),
+            'received': self._received,
+            'delivered': self._delivered,
+            'cancelled': sum(self._cancelled.values()),
+            'failed': sum(self._failed.values()),
+            'pending': self._pending,
+            'cancelled_by_reason': dict(self._cancelled),
+            'failed_by_error': dict(self._failed),
+            'double_ends': self._double_ends,
         }
 
     def balanced(self):
         """True when every received event is counted exactly once."""
         s = self.snapshot()
-        return s['received'] == (s['delivered'] + s['cancelled'] +
-                                 s['failed'] + s['pending'])
-
-    def wait_settled(self, received, timeout=None):
-        """Wait until ``received`` events came in and none is pending.
-
-        :returns: True if that happened within ``timeout`` seconds.
-        """
-        with self._lock:
-            return self._lock.wait_for(
-                lambda: self.received >= received and self.pending == 0,
-                timeout)
-
-    def wait_received(self, received, timeout=None):
-        """Wait until ``received`` events came in; True if they did."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self.received >= received,
-                                       timeout)
+        return not s['double_ends'] and s['received'] == (
+            s['delivered'] + s['cancelled'] + s['failed'] + s['pending'])
 
     def wait_until(self, predicate, timeout=None):
-        """Wait until ``predicate(snapshot)`` holds; True if it did."""
-        with self._lock:
-            return self._lock.wait_for(
+        """Wait until ``predicate(snapshot)`` holds; True if it did.
+
+        For observers that must follow the counters without polling: the
+        tests, the main job and the benchmarks.
+        """
+        with self._cond:
+            return self._cond.wait_for(
                 lambda: predicate(self._snapshot_locked()), timeout)

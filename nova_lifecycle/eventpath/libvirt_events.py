@@ -55,6 +55,9 @@ _EVENT_NAMES = {
     8: ('CRASHED', {0: 'PANICKED', 1: 'CRASHLOADED'}),
 }
 
+# Most SHUTDOWN details kept while waiting for their domain's STOPPED.
+MAX_SHUTDOWN_NOTES = 10000
+
 # Event types Nova has no transition for and that need no report.
 _SILENT_TYPES = frozenset({0, 1, 7, 8})
 
@@ -102,8 +105,8 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         super().__init__(uuid, transition, timestamp)
         self.libvirt_event = libvirt_event
         self.libvirt_detail = libvirt_detail
-        # For DOMAIN_EVENT_STOPPED: the detail of libvirt's DOMAIN_EVENT_SHUTDOWN event just before
-        # it (who asked for the shutdown), when there was one.
+        # For a STOPPED: the detail of the SHUTDOWN event libvirt sent just
+        # before it (who asked for the shutdown), when there was one.
         self.shutdown_detail = None
         self.error = error
         self.received_at = (time.monotonic() if received_at is None
@@ -127,27 +130,10 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         return '%s (%s)' % (repr(self), self.detail_name)
 
 
-class ShutdownNotice(virtevent.InstanceEvent):
-    """libvirt's DOMAIN_EVENT_SHUTDOWN event: who asked the guest to shut down.
-
-    Not an event for Nova; it annotates the DOMAIN_EVENT_STOPPED that follows it
-    (detail DOMAIN_EVENT_SHUTDOWN_GUEST: the guest itself; DOMAIN_EVENT_SHUTDOWN_HOST: the host,
-    e.g. an ACPI request from Nova; DOMAIN_EVENT_SHUTDOWN_FINISHED: not said).
-    """
-
-    def __init__(self, uuid, libvirt_detail, timestamp=None):
-        super().__init__(uuid, timestamp)
-        self.libvirt_detail = libvirt_detail
-
-    def __repr__(self):
-        return '<ShutdownNotice: %s, %s>' % (
-            self.uuid, event_name(DOMAIN_EVENT_SHUTDOWN, self.libvirt_detail))
-
-
 def _migration_transition(dom):
     """Completed or failed migration, as libvirt's job says.
 
-    DOMAIN_EVENT_SUSPENDED_MIGRATED is also sent when a live migration fails.
+    SUSPENDED_MIGRATED is also sent when a live migration fails.
     """
     libvirt = libvirt_module()
     guest = libvirt_guest.Guest(dom)
@@ -177,27 +163,63 @@ def transition_for(dom, event_type, detail):
     return None
 
 
-def translate(dom, event_type, detail):
-    """Build the event for one libvirt lifecycle callback, or None.
+class EventTranslator:
+    """Turns libvirt's lifecycle callbacks into events, on libvirt's thread.
 
-    None means an event type Nova does not act on (DEFINED, UNDEFINED,
-    PMSUSPENDED, CRASHED: a stop that follows them comes as its own
-    DOMAIN_EVENT_STOPPED). DOMAIN_EVENT_SHUTDOWN becomes a :class:`ShutdownNotice`. Never raises: a
-    failure is recorded on the event.
+    libvirt sends SHUTDOWN (who asked the guest to shut down: the guest
+    itself, the host, or not said) just before the STOPPED of a shutdown.
+    The translator keeps that detail per domain and puts it on the
+    STOPPED as ``shutdown_detail``, so the event path sees one kind of
+    item. Only libvirt's loop thread calls :meth:`translate`; the notes
+    of domains whose STOPPED never comes are bounded by ``max_notes``.
+    """
+
+    def __init__(self, max_notes=MAX_SHUTDOWN_NOTES):
+        self._notes = {}
+        self._max_notes = max_notes
+
+    def translate(self, dom, event_type, detail):
+        """The event for one libvirt lifecycle callback, or None.
+
+        None for SHUTDOWN (kept for the STOPPED that follows) and for the
+        event types Nova does not act on (DEFINED, UNDEFINED, PMSUSPENDED,
+        CRASHED: a stop that follows them comes as its own STOPPED).
+        Never raises: a failure is recorded on the event.
+        """
+        if event_type == DOMAIN_EVENT_SHUTDOWN:
+            self._note_shutdown(dom, detail)
+            return None
+        event = translate(dom, event_type, detail)
+        if event is not None and event.uuid is not None:
+            event.shutdown_detail = self._notes.pop(event.uuid, None)
+        return event
+
+    def _note_shutdown(self, dom, detail):
+        try:
+            uuid = dom.UUIDString()
+        except Exception:
+            return  # Only an annotation: the STOPPED still comes.
+        self._notes.pop(uuid, None)
+        self._notes[uuid] = detail
+        if len(self._notes) > self._max_notes:
+            del self._notes[next(iter(self._notes))]
+
+
+def translate(dom, event_type, detail):
+    """The event for one libvirt lifecycle callback, without its SHUTDOWN.
+
+    As :meth:`EventTranslator.translate`, for a single callback: None for
+    SHUTDOWN and the event types Nova does not act on.
     """
     received_at = time.monotonic()
-    if event_type in _SILENT_TYPES:
+    if event_type in _SILENT_TYPES or event_type == DOMAIN_EVENT_SHUTDOWN:
         return None
     try:
         uuid = dom.UUIDString()
     except Exception as exc:
-        if event_type == DOMAIN_EVENT_SHUTDOWN:
-            return None
         return DomainLifecycleEvent(None, None, event_type, detail,
                                     error='cannot read domain UUID: %s' % exc,
                                     received_at=received_at)
-    if event_type == DOMAIN_EVENT_SHUTDOWN:
-        return ShutdownNotice(uuid, detail)
     try:
         transition = transition_for(dom, event_type, detail)
     except Exception as exc:

@@ -18,7 +18,9 @@ on an unnamed daemon thread; here it has a name, an owner and a ``stop``
 that wakes the loop with a zero-delay libvirt timer.
 
 The loop thread must never log or touch green primitives (under eventlet
-it is outside the hub), so errors are only counted and kept for the owner.
+it is outside the hub), so errors are counted, kept for :meth:`status`, and
+handed to the owner's ``on_failure``, which must pass them on to a thread
+that may log.
 """
 
 from nova_lifecycle import concurrency
@@ -35,12 +37,32 @@ _BACKOFF_SECONDS = 0.5
 class LibvirtEventLoop:
     """Owns the native thread that runs libvirt's default event loop."""
 
-    def __init__(self, name=THREAD_NAME):
+    def __init__(self, name=THREAD_NAME, on_failure=None):
         self._name = name
+        self._on_failure = on_failure
         self._thread = None
         self._stopping = False
-        self.failures = 0
-        self.last_error = None
+        self._failures = 0
+        self._last_error = None
+        self._last_turn = None
+
+    def status(self):
+        """The loop as plain data: running, failures, last error, idle.
+
+        ``seconds since last turn``: since an iteration of libvirt's loop
+        last returned (None before the first); it grows while libvirt has
+        nothing to say, and without bound if the loop is stuck.
+        """
+        last = self._last_turn
+        native_time = concurrency.native_time()
+        return {
+            'running': self.is_alive(),
+            'failures': self._failures,
+            'last error': (None if self._last_error is None
+                           else str(self._last_error)),
+            'seconds since last turn': (
+                None if last is None else native_time.monotonic() - last),
+        }
 
     def register(self):
         """Register libvirt's default loop; must precede any connection."""
@@ -80,7 +102,7 @@ class LibvirtEventLoop:
         try:
             add_timeout(0, _remove_timer, None)
         except Exception as exc:
-            self.last_error = exc
+            self._last_error = exc
 
     def _run(self):
         libvirt = libvirt_events.libvirt_module()
@@ -91,11 +113,14 @@ class LibvirtEventLoop:
                 libvirt.virEventRunDefaultImpl()
                 consecutive = 0
             except Exception as exc:
-                self.failures += 1
-                self.last_error = exc
+                self._failures += 1
+                self._last_error = exc
                 consecutive += 1
+                if self._on_failure is not None:
+                    self._on_failure(exc, consecutive)
                 if consecutive >= _FAILURES_BEFORE_BACKOFF:
                     native_time.sleep(_BACKOFF_SECONDS)
+            self._last_turn = native_time.monotonic()
 
 
 def _remove_timer(timer, opaque):

@@ -10,251 +10,215 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The path of an instance event from libvirt's loop to the listener.
+"""The path of an instance event from libvirt's loop to Nova's handler.
 
-    queue_event (any thread, never blocks)
-      -> inbox (native -> service thread under eventlet)
-      -> intake: a later lifecycle event cancels a held STOPPED;
-                 STOPPED is held for ``stopped_event_delay``
-      -> per-instance ordered dispatch on a bounded pool
-      -> deliver (the driver's call into the compute manager)
+    queue (any thread, libvirt's loop included; never blocks)
+      -> inbox (under eventlet: native thread -> one green thread)
+      -> intake: unreadable events end here; waiters of a STOPPED wake
+      -> holds: a later event ends the instance's held STOPPED; a STOPPED
+                is held as long as the policy says
+      -> dispatch: per-instance order on a bounded pool
+      -> deliver (the driver's call into the compute manager); a STOPPED
+         is first checked against the live domain
 
-Every event received is counted in an :class:`EventLedger` exactly once
-more: delivered, cancelled with a reason, or failed with the error.
+:class:`EventPath` owns every stage and its threads; the driver gives it
+the ``[lifecycle]`` options and two functions, and uses :meth:`queue`,
+:meth:`track` and :meth:`stop_waiter`. Each event received gets a ledger
+entry that ends exactly once (delivered, cancelled with a reason, failed
+with the error); :meth:`status` is what reports and tests read.
 """
 
+import dataclasses
 import functools
-import logging
-import threading
 
-import futurist
 from nova.virt import event as virtevent
+from oslo_log import log as logging
 
-from nova_lifecycle.common import delayed
 from nova_lifecycle.common import dispatch
 from nova_lifecycle.common import inbox
 from nova_lifecycle.common import ledger
 from nova_lifecycle import concurrency
+from nova_lifecycle.eventpath import holds
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import operations
+from nova_lifecycle.eventpath import policy
+from nova_lifecycle.eventpath import stop_waiters
 
 LOG = logging.getLogger(__name__)
 
-REASON_SHUTDOWN = 'shutdown'
+REASON_SHUTDOWN = holds.REASON_SHUTDOWN
 REASON_NO_LISTENER = 'no listener'
 REASON_NO_TRANSITION = 'no Nova transition'
-# Not an end: the same event was held again with another delay.
-REASON_RESCHEDULED = 'rescheduled'
-
-# Most libvirt SHUTDOWN details kept while waiting for their STOPPED.
-MAX_SHUTDOWN_NOTES = 10000
 
 
 class BadLifecycleEvent(Exception):
     """libvirt sent an event the plugin could not read."""
 
 
-class _HeldStop:
-    """A STOPPED event waiting for its delay, and why it ended early."""
+@dataclasses.dataclass(frozen=True)
+class PathStatus:
+    """What the event path is doing, as plain data (see :meth:`status`).
 
-    __slots__ = ('event', 'future', 'reason')
-
-    def __init__(self, event):
-        self.event = event
-        self.future = None
-        self.reason = None
-
-
-def _uuid(event):
-    return getattr(event, 'uuid', None)
-
-
-def _is_stopped(event):
-    return (isinstance(event, virtevent.LifecycleEvent) and
-            event.transition == virtevent.EVENT_LIFECYCLE_STOPPED)
-
-
-class EventPipeline:
-    """Carries instance events to ``deliver`` in per-instance order.
-
-    :param deliver: called with each event on a dispatch worker; returns
-        True when a listener took it, False when there was none; an
-        exception means the listener failed.
-    :param stopped_event_delay: seconds a STOPPED event is held.
-    :param workers: most events delivered at the same time.
-    :param green: True under eventlet (the inbox must bridge threads).
-    :param route_other: called on the service side with anything queued
-        that is not an instance event (libvirt connection-closed notices).
-    :param hold_for: ``hold_for(event)`` -> seconds to hold that STOPPED;
-        by default every STOPPED waits ``stopped_event_delay``.
-    :param recheck: ``recheck(event)`` runs on the dispatch worker right
-        before a STOPPED is delivered; a string it returns is a reason to
-        cancel the event instead (e.g. the domain runs again).
-    :param watch: ``watch(event)`` sees every instance event as it comes
-        in, before any hold (e.g. to wake a power-off waiting for it); it
-        must not block.
+    ``counts``: the ledger (received, delivered, cancelled, failed,
+    pending, cancelled_by_reason, failed_by_error, double_ends);
+    ``held``: (instance uuid, seconds left) per held STOPPED, soonest
+    first; ``dispatch_queue``: events waiting for a worker;
+    ``operations``: {uuid: [driver operations in progress]};
+    ``stop_waiters``: clean shutdowns waiting for a STOPPED;
+    ``threads``: the path's threads still running.
     """
 
-    def __init__(self, deliver, stopped_event_delay, workers, green,
-                 route_other=None, name='lifecycle', hold_for=None,
-                 recheck=None, watch=None):
+    counts: dict
+    held: list
+    dispatch_queue: int
+    operations: dict
+    stop_waiters: int
+    threads: list
+
+
+class EventPath:
+    """Owns the way of instance events from libvirt to ``deliver``.
+
+    :param conf: the ``[lifecycle]`` option group (or any object with its
+        attributes), read live.
+    :param deliver: ``deliver(event)`` on a dispatch worker: True when a
+        listener took it, False when none listens; an exception means the
+        listener failed.
+    :param live_state: ``live_state(uuid)`` -> libvirt's state number of
+        the domain, None if there is none; read before a held STOPPED is
+        delivered.
+    :param green: True under eventlet.
+    :param name: prefix of the path's thread names.
+
+    No thread starts before :meth:`start`; :meth:`stop` ends them all.
+    """
+
+    def __init__(self, conf, deliver, live_state, green, name='lifecycle'):
         self._deliver = deliver
-        self._watch = watch
-        self._route_other = route_other
-        self._hold_for = hold_for
-        self._recheck = recheck
-        self._shutdown_notes = {}
         self._name = name
-        self.ledger = ledger.EventLedger()
-        self._lock = threading.Lock()
-        self._held = {}
-        self._stopping = False
-        self._reported = set()
-        self._executor = concurrency.make_executor(workers, name + '-dispatch')
+        self._ledger = ledger.EventLedger()
+        self._operations = operations.DriverOperations(
+            on_idle=self._operations_ended)
+        self._policy = policy.StoppedPolicy(conf, self._operations,
+                                            live_state)
+        self._stop_waiters = stop_waiters.StopWaiters()
+        self._executor = concurrency.make_executor(conf.dispatch_workers,
+                                                   name + '-dispatch')
         self._dispatcher = dispatch.KeyedDispatcher(self._executor,
                                                     name + '-dispatch')
-        # The scheduler hands a due STOPPED straight to the dispatcher,
-        # which only queues it, so no pool is needed in between.
-        self._delayed = delayed.DelayedExecutor(
-            futurist.SynchronousExecutor(), stopped_event_delay,
-            name=name + '-delayed')
-        self._inbox = inbox.make_inbox(self._take, name + '-inbox', green)
+        self._holds = holds.HeldStops(self._dispatch, name + '-delayed')
+        self._inbox = inbox.make_inbox(self._intake, name + '-inbox', green)
+        self._reported = set()
         self._started = False
+
+    # The driver's side
 
     def start(self):
         if not self._started:
             self._started = True
             self._inbox.start()
 
-    def queue_event(self, item):
-        """Accept an item from any thread, libvirt's loop included.
+    def queue(self, event):
+        """Accept an instance event from any thread; never blocks or raises.
 
-        Never raises into libvirt's loop: once the pipeline has stopped an
-        instance event is counted as cancelled by shutdown with a log line
-        naming the instance (what the direct inbox does in both modes), and
-        any other item (a connection notice) is ignored.
+        Once the path has stopped the event is counted as cancelled by
+        shutdown, with a log line naming the instance.
         """
         try:
-            self._inbox.put(item)
+            self._inbox.put(event)
         except RuntimeError:
             # Only a stopped inbox refuses.
-            if isinstance(item, virtevent.InstanceEvent):
-                self.ledger.receive()
-                self._drop_at_shutdown(item)
-            else:
-                LOG.debug('%r arrived after shutdown; ignored.', item)
+            self._drop_at_shutdown(event, self._ledger.open())
+
+    def track(self, uuid, operation):
+        """Context manager: a driver ``operation`` on ``uuid`` runs."""
+        return self._operations.track(uuid, operation)
+
+    def stop_waiter(self, uuid):
+        """Context manager: an Event set by each STOPPED of ``uuid``."""
+        return self._stop_waiters.waiting_for(uuid)
 
     def stop(self, timeout=30):
-        """Stop taking events and wind down every thread of the pipeline.
+        """Stop taking events and wind down every thread of the path.
 
         Events already accepted are delivered (when a listener is still
         registered) or cancelled; each held STOPPED is cancelled with one
         log line naming the instance: the next power-state sync at start-up
         reconciles it.
         """
-        self._inbox.stop(timeout)
-        with self._lock:
-            self._stopping = True
-            held, self._held = list(self._held.values()), {}
-        for stop in held:
-            stop.reason = REASON_SHUTDOWN
-            if stop.future.cancel():
-                LOG.info('Pending STOPPED event for instance %s dropped by '
-                         'shutdown; the power state sync at the next '
-                         'start-up reconciles it.', stop.event.uuid)
-        self._delayed.shutdown(wait=True, cancel_pending=True)
+        if not self._inbox.stop(timeout):
+            LOG.warning('%s-inbox did not stop within %ss', self._name,
+                        timeout)
+        self._holds.close()
         self._dispatcher.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
+    # Observers' side
+
+    def status(self):
+        """A :class:`PathStatus` of this moment."""
+        return PathStatus(
+            counts=self._ledger.snapshot(),
+            held=self._holds.held(),
+            dispatch_queue=self._dispatcher.pending_count(),
+            operations=self._operations.busy(),
+            stop_waiters=self._stop_waiters.waiting(),
+            threads=self.threads_alive())
+
+    def wait_for_counts(self, predicate, timeout=None):
+        """Wait until ``predicate(status().counts)`` holds; True if it did.
+
+        For observers that follow the path without polling (tests, the
+        main job, benchmarks).
+        """
+        return self._ledger.wait_until(predicate, timeout)
+
     def threads_alive(self):
-        """Names of the pipeline's threads still running."""
+        """Names of the path's threads still running."""
         alive = []
         if self._inbox.is_alive():
             alive.append(self._name + '-inbox')
-        if self._delayed.is_alive():
+        if self._holds.is_alive():
             alive.append(self._name + '-delayed')
         # Native dispatch workers; a green pool's end with its shutdown.
         alive.extend(sorted(thread.name for thread in getattr(
             self._executor, '_threads', ()) if thread.is_alive()))
         return alive
 
-    def held_stops(self):
-        """(instance uuid, seconds left) per held STOPPED, soonest first."""
-        with self._lock:
-            uuid_of = {stop.future: uuid for uuid, stop in self._held.items()}
-        return [(uuid_of[p.future], p.remaining)
-                for p in self._delayed.pending() if p.future in uuid_of]
-
-    def stats(self):
-        stats = self.ledger.snapshot()
-        stats['held_stopped'] = self._delayed.pending_count()
-        stats['dispatch_queue'] = self._dispatcher.pending_count()
-        return stats
-
     # Intake
 
-    def _take(self, item):
-        if isinstance(item, libvirt_events.ShutdownNotice):
-            with self._lock:
-                notes = self._shutdown_notes
-                notes.pop(item.uuid, None)
-                notes[item.uuid] = item.libvirt_detail
-                # A note waits for its domain's next event; one whose event
-                # never comes (domain gone meanwhile) must not stay forever.
-                if len(notes) > MAX_SHUTDOWN_NOTES:
-                    del notes[next(iter(notes))]
-        elif isinstance(item, virtevent.InstanceEvent):
-            self._intake(item)
-        elif self._route_other is not None:
-            self._route_other(item)
-        else:
-            LOG.warning('Dropping %r: not an instance event', item)
+    def _intake(self, event):
+        entry = self._ledger.open()
+        if not isinstance(event, virtevent.InstanceEvent):
+            LOG.warning('Dropping %r: not an instance event', event)
+            entry.fail(TypeError('not an instance event: %r' % (event,)))
+            return
+        if (isinstance(event, libvirt_events.DomainLifecycleEvent) and
+                not self._readable(event, entry)):
+            return
+        try:
+            self._stop_waiters.notify(event)
+        except Exception:
+            LOG.exception('Waking the waiters of instance %s failed',
+                          event.uuid)
+        self._holds.admit(event, entry, self._policy.hold_for)
+
+    def _drop_at_shutdown(self, event, entry):
+        LOG.info('Event %s for instance %s arrived during shutdown; '
+                 'dropped.', event, getattr(event, 'uuid', None))
+        entry.cancel(REASON_SHUTDOWN)
 
     def _log_once(self, key, level, msg, *args):
         if key not in self._reported:
             self._reported.add(key)
             LOG.log(level, msg, *args)
 
-    def _intake(self, event):
-        self.ledger.receive()
-        if isinstance(event, libvirt_events.DomainLifecycleEvent):
-            if not self._readable(event):
-                return
-        if self._watch is not None:
-            try:
-                self._watch(event)
-            except Exception:
-                LOG.exception('Watching event %s of instance %s failed',
-                              event, event.uuid)
-        with self._lock:
-            if self._stopping:
-                stopping = True
-            else:
-                stopping = False
-                if isinstance(event, libvirt_events.DomainLifecycleEvent):
-                    event.shutdown_detail = self._shutdown_notes.pop(
-                        event.uuid, None)
-                superseded = self._supersede(event)
-                if _is_stopped(event):
-                    self._hold(event)
-                else:
-                    self._dispatch(event)
-        if stopping:
-            self._drop_at_shutdown(event)
-        elif superseded is not None:
-            superseded.future.cancel()
-
-    def _drop_at_shutdown(self, event):
-        """A received event that came after the stop: cancelled, logged."""
-        LOG.info('Event %s for instance %s arrived during shutdown; '
-                 'dropped.', event, _uuid(event))
-        self.ledger.cancel(REASON_SHUTDOWN)
-
-    def _readable(self, event):
-        """Report and account an event that cannot go on; True if it can."""
+    def _readable(self, event, entry):
+        """Report and end an event that cannot go on; True if it can."""
         if event.uuid is None:
             LOG.warning('Ignoring libvirt %s event: %s',
                         event.detail_name, event.error)
-            self.ledger.fail(BadLifecycleEvent(event.error))
+            entry.fail(BadLifecycleEvent(event.error))
             return False
         if event.error is not None:
             LOG.warning('libvirt %s event for instance %s handled as %s: %s',
@@ -266,7 +230,7 @@ class EventPipeline:
                 'Ignoring libvirt event %s for instance %s: Nova has no '
                 'lifecycle transition for it (reported once per type).',
                 event.detail_name, event.uuid)
-            self.ledger.cancel(REASON_NO_TRANSITION)
+            entry.cancel(REASON_NO_TRANSITION)
             return False
         if not event.is_known:
             self._log_once(
@@ -277,131 +241,64 @@ class EventPipeline:
                 event.detail_name, event.uuid, event.get_name())
         return True
 
-    def _supersede(self, event):
-        """Take the held STOPPED of this instance off hold, if any.
-
-        Called with the lock held; the caller cancels it after releasing
-        the lock. Should the delay run out first, :meth:`_release` finds
-        the event no longer held and drops it all the same.
-        """
-        if not isinstance(event, virtevent.LifecycleEvent):
-            return None
-        stop = self._held.pop(event.uuid, None)
-        if stop is not None:
-            stop.reason = 'superseded by %s' % event.get_name()
-        return stop
-
-    def _hold(self, event, delay=None):
-        if delay is None:
-            delay = (self._hold_for(event) if self._hold_for is not None
-                     else self._delayed.delay)
-        stop = _HeldStop(event)
-        try:
-            stop.future = self._delayed.submit_after(delay, self._release,
-                                                     stop)
-        except RuntimeError as exc:
-            LOG.error('Cannot hold STOPPED event for instance %s: %s',
-                      event.uuid, exc)
-            self.ledger.fail(exc)
-            return
-        self._held[event.uuid] = stop
-        stop.future.add_done_callback(functools.partial(self._held_done,
-                                                        stop))
-
-    def _release(self, stop):
-        """The delay ran out: deliver unless something superseded it.
-
-        :returns: True when handed to the dispatcher, False when it was
-            superseded, None when a rescheduled copy took its place.
-        """
-        with self._lock:
-            if self._held.get(stop.event.uuid) is not stop:
-                return None if stop.reason == REASON_RESCHEDULED else False
-            del self._held[stop.event.uuid]
-            self._dispatch(stop.event)
-        return True
-
-    def expedite(self, uuid, delay):
-        """Hold the STOPPED of ``uuid``, if any, for ``delay`` from now.
-
-        :returns: True if a held STOPPED was rescheduled.
-        """
-        with self._lock:
-            old = self._held.get(uuid)
-            if old is None or self._stopping:
-                return False
-            old.reason = REASON_RESCHEDULED
-            del self._held[uuid]
-            self._hold(old.event, delay)
-        old.future.cancel()
-        return True
-
-    def _held_done(self, stop, future):
-        if (stop.reason == REASON_RESCHEDULED and
-                (future.cancelled() or future.result() is None)):
-            return
-        if not future.cancelled() and future.exception() is not None:
-            LOG.error('Held STOPPED event for instance %s failed: %s',
-                      stop.event.uuid, future.exception())
-            self.ledger.fail(future.exception())
-        elif future.cancelled() or not future.result():
-            reason = stop.reason or REASON_SHUTDOWN
-            LOG.debug('STOPPED event for instance %s cancelled: %s',
-                      stop.event.uuid, reason)
-            self.ledger.cancel(reason)
+    def _operations_ended(self, uuid, name):
+        delay = self._policy.after_operations()
+        if delay is not None and self._holds.bring_forward(uuid, delay):
+            LOG.debug('STOPPED event for instance %s held during %s; '
+                      'rechecked in %ss.', uuid, name, delay)
 
     # Dispatch
 
-    def _dispatch(self, event):
-        deliver = self._deliver
-        if (self._recheck is not None and
-                isinstance(event, virtevent.LifecycleEvent) and
-                event.transition == virtevent.EVENT_LIFECYCLE_STOPPED):
-            deliver = self._deliver_rechecked
+    def _dispatch(self, event, entry):
+        run = self._deliver
+        if holds.is_stopped(event):
+            run = self._deliver_stopped
         try:
-            future = self._dispatcher.submit(event.uuid, deliver, event)
+            future = self._dispatcher.submit(event.uuid, run, event)
         except RuntimeError as exc:
             LOG.error('Cannot dispatch event %s for instance %s: %s',
                       event, event.uuid, exc)
-            self.ledger.fail(exc)
+            entry.fail(exc)
             return
-        future.add_done_callback(functools.partial(self._dispatched, event))
+        future.add_done_callback(functools.partial(self._settle, event,
+                                                   entry))
 
-    def _deliver_rechecked(self, event):
+    def _deliver_stopped(self, event):
         """Deliver a STOPPED only if a look at the domain still agrees.
 
         :returns: what ``deliver`` returns, or the reason not to deliver.
         """
-        reason = self._recheck(event)
+        reason = self._policy.recheck(event)
         if reason:
             return reason
         return self._deliver(event)
 
-    def _dispatched(self, event, future):
+    def _settle(self, event, entry, future):
+        """End the entry of a dispatched event by its outcome."""
         if future.cancelled():
             LOG.info('Event %s for instance %s dropped by shutdown.',
                      event, event.uuid)
-            self.ledger.cancel(REASON_SHUTDOWN)
+            entry.cancel(REASON_SHUTDOWN)
             return
         error = future.exception()
         if error is not None:
             LOG.error('Handling event %s for instance %s failed: %s',
                       event, event.uuid, error, exc_info=error)
-            self.ledger.fail(error)
+            entry.fail(error)
         elif isinstance(future.result(), str):
             LOG.info('Event %s for instance %s not delivered: %s.',
                      event, event.uuid, future.result())
-            self.ledger.cancel(future.result())
+            entry.cancel(future.result())
         elif future.result():
-            self.ledger.deliver()
-        elif _is_stopped(event):
+            entry.deliver()
+        elif holds.is_stopped(event):
             # The compute manager unregisters first when nova-compute
             # stops; a STOPPED must not vanish without a word.
             LOG.info('STOPPED event for instance %s dropped: no compute '
                      'manager listens; the power state sync at the next '
                      'start-up reconciles it.', event.uuid)
-            self.ledger.cancel(REASON_NO_LISTENER)
+            entry.cancel(REASON_NO_LISTENER)
         else:
             LOG.debug('No listener for event %s of instance %s; dropped.',
                       event, event.uuid)
-            self.ledger.cancel(REASON_NO_LISTENER)
+            entry.cancel(REASON_NO_LISTENER)

@@ -20,10 +20,10 @@ STOPPED is checked against the live domain before it is delivered, so a
 late, lost or duplicated event cannot stop a running guest.
 """
 
-import logging
+from oslo_log import log as logging
 
 from nova_lifecycle.eventpath import libvirt_events
-from nova_lifecycle.virt import operations
+from nova_lifecycle.eventpath import operations
 
 LOG = logging.getLogger(__name__)
 
@@ -45,12 +45,12 @@ def guest_initiated(event):
     then off. A destroy (SHUTDOWN_HOST, STOPPED_DESTROYED) is not.
     """
     detail = event.libvirt_detail
-    if detail in (
-        libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
-        libvirt_events.DOMAIN_EVENT_STOPPED_FAILED):
+    if detail in (libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
+                  libvirt_events.DOMAIN_EVENT_STOPPED_FAILED):
         return True
     return (detail == libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN and
-            event.shutdown_detail == libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+            event.shutdown_detail ==
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
 
 
 class StoppedPolicy:

@@ -13,31 +13,31 @@
 """LibvirtLifecycleDriver: Nova's libvirt driver with the plugin's events.
 
 Everything but the event path is upstream's ``LibvirtDriver``. Events
-reach the compute manager's listener through :class:`EventPipeline`, so
-libvirt's loop thread never runs the manager's handler, events of one
-instance arrive in order, and a STOPPED event is held so that a reboot's
-following event can cancel it.
+reach the compute manager's listener through an
+:class:`~nova_lifecycle.eventpath.path.EventPath`, so libvirt's loop
+thread never runs the manager's handler, events of one instance arrive in
+order, and a STOPPED event is held so that a reboot's following event can
+cancel it.
 """
 
-import logging
 import threading
 
 from nova.virt import event as virtevent
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import event as libvirtevent
+from oslo_log import log as logging
 
 from nova_lifecycle.common import background
 from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
 from nova_lifecycle.eventpath import libvirt_events
-from nova_lifecycle.eventpath import path as event_path
-from nova_lifecycle.eventpath import policy
+from nova_lifecycle.eventpath import path
 from nova_lifecycle.virt import host as lifecycle_host
-from nova_lifecycle.virt import operations
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
 from nova_lifecycle.virt import status_report
+from nova_lifecycle.virt import tracked_methods
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -50,33 +50,28 @@ RECONNECT_FIRST_WAIT = 1.0
 RECONNECT_MAX_WAIT = 30.0
 
 
-@operations.tracking_operations
+@tracked_methods.tracking_operations
 class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
     """The libvirt driver whose lifecycle events go through the plugin.
 
-    Driver calls that stop or restart domains register their instance in
-    ``self._operations`` while they run (see :mod:`operations`).
+    Beyond upstream's interface it has two attributes: ``event_path`` (the
+    :class:`~nova_lifecycle.eventpath.path.EventPath`) and ``event_handler``
+    (the :class:`~nova_lifecycle.virt.host.LifecycleEventHandler` in its
+    Host, with libvirt's loop), whose public methods are what the Guru
+    Meditation section, the main job, benchmarks and tests read. Driver
+    calls that stop or restart domains register their instance with the
+    event path while they run (see :mod:`tracked_methods`).
     """
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only)
-        self._operations = operations.DriverOperations(
-            on_idle=self._operations_ended)
-        self._stopped_policy = policy.StoppedPolicy(
-            CONF.lifecycle, self._operations, self._live_domain_state)
-        self._stop_waiters = shutdown.StopWaiters()
-        self._pipeline = event_path.EventPipeline(
-            deliver=self._deliver_event,
-            stopped_event_delay=CONF.lifecycle.stopped_event_delay,
-            workers=CONF.lifecycle.dispatch_workers,
-            green=not concurrency.threading_mode(),
-            route_other=self._route_host_notice,
-            hold_for=self._stopped_policy.hold_for,
-            recheck=self._stopped_policy.recheck,
-            watch=self._stop_waiters.notify)
+        self.event_path = path.EventPath(
+            CONF.lifecycle, self._deliver_event, self._live_domain_state,
+            green=not concurrency.threading_mode())
         # Upstream built its Host through its own name; keep it and give it
         # the plugin's event handling (see virt/host.py).
-        self._events = lifecycle_host.adopt(self._host, self._queue_event)
+        self.event_handler = lifecycle_host.adopt(self._host,
+                                                  self.event_path)
         self._power_states = None
         self._hooks = hooks.ManagerHooks(self._recent_power_states)
         self._connection_lost = False
@@ -103,19 +98,11 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             LOG.info('Event listener %r is not a compute manager method; '
                      'the power-state sync is not hooked.', callback)
 
-    def _queue_event(self, event):
-        """Accept an event from any thread without blocking it.
-
-        libvirt's native event-loop thread calls this; the event is then
-        delivered to the registered listener on a dispatch worker.
-        """
-        self._pipeline.queue_event(event)
-
     def emit_event(self, event):
         """Deliver an event to the listener now, on the calling thread.
 
         Kept for callers of the ComputeDriver interface; the plugin's own
-        path is :meth:`_queue_event`.
+        events go through ``event_path``.
         """
         if not isinstance(event, virtevent.Event):
             raise ValueError('Event must be an instance of '
@@ -142,12 +129,6 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         callback(event)
         return True
 
-    def _operations_ended(self, uuid, name):
-        delay = self._stopped_policy.after_operations()
-        if delay is not None and self._pipeline.expedite(uuid, delay):
-            LOG.debug('STOPPED event for instance %s held during %s; '
-                      'rechecked in %ss.', uuid, name, delay)
-
     def _live_domain_state(self, uuid):
         """libvirt's state number for the domain, None if there is none."""
         libvirt = libvirt_events.libvirt_module()
@@ -159,12 +140,6 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
                 return None
             raise
 
-    def _route_host_notice(self, notice):
-        if 'conn' in notice and 'reason' in notice:
-            self._events.queue_connection_closed(notice)
-        else:
-            LOG.warning('Ignoring unexpected libvirt notice %r', notice)
-
     # Clean guest shutdown
 
     def _clean_shutdown(self, instance, timeout, retry_interval):
@@ -173,7 +148,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         Same contract as upstream (True when the guest shut down within
         ``timeout`` seconds); see :mod:`nova_lifecycle.virt.shutdown`.
         """
-        return shutdown.clean_shutdown(self._host, self._stop_waiters,
+        return shutdown.clean_shutdown(self._host, self.event_path,
                                        instance, timeout, retry_interval)
 
     # Power-state sync
@@ -228,7 +203,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
     # Life of the service
 
     def init_host(self, host):
-        self._pipeline.start()
+        self.event_path.start()
         status_report.register(self)
         if CONF.lifecycle.stats_log_interval:
             self._stats_logger.trigger()
@@ -255,8 +230,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._resyncer.stop()
         self._stats_logger.stop()
         super().cleanup_host(host)
-        self._events.stop()
-        self._pipeline.stop()
+        self.event_handler.stop()
+        self.event_path.stop()
         self._log_drained()
 
     def _log_drained(self):
@@ -265,21 +240,19 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         Also names any of this driver's threads still running; either
         that or an event still pending makes it a warning.
         """
-        stats = self._pipeline.stats()
-        left = self._events.threads_alive() + self._pipeline.threads_alive()
+        counts = self.event_path.status().counts
+        left = (self.event_handler.threads_alive() +
+                self.event_path.threads_alive())
         left += [runner.name for runner in (
             self._reconnector, self._resyncer, self._stats_logger)
             if runner.is_running()]
-        LOG.log(logging.WARNING if stats['pending'] or left else logging.INFO,
+        LOG.log(logging.WARNING if counts['pending'] or left else logging.INFO,
                 'nova-lifecycle stopped: %(received)d events received, '
                 '%(delivered)d delivered, %(cancelled)d cancelled, '
                 '%(failed)d failed, %(pending)d pending; %(threads)s',
-                {'received': stats['received'],
-                 'delivered': stats['delivered'],
-                 'cancelled': stats['cancelled'],
-                 'failed': stats['failed'], 'pending': stats['pending'],
+                {'received': counts['received'],
+                 'delivered': counts['delivered'],
+                 'cancelled': counts['cancelled'],
+                 'failed': counts['failed'], 'pending': counts['pending'],
                  'threads': ('threads still running: %s' % ', '.join(left)
                              if left else 'no thread left')})
-
-    def _lifecycle_stats(self):
-        return self._pipeline.stats()

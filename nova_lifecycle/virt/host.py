@@ -20,8 +20,9 @@ object, each a seam upstream's own Host uses:
 
 - ``_event_handler``: upstream picks one per concurrency mode
   (``LibvirtEventHandler.create``); the plugin's :class:`LifecycleEventHandler`
-  hands every item from libvirt's callbacks to the plugin's sink and runs
-  libvirt's loop on a named thread that stops;
+  runs libvirt's loop on a named thread that stops, gives instance events
+  to the event path and connection notices to the Host's own
+  connection-event thread, as upstream's handlers do;
 - ``_event_lifecycle_callback``: the libvirt callback that
   ``_get_new_connection`` registers; the plugin's keeps libvirt's detail;
 - ``_conn_event_thread``: what ``_init_events`` spawns to run
@@ -34,12 +35,20 @@ plugin's out too). Connections, capabilities and the rest stay upstream's.
 
 import functools
 
+from nova.virt import event as virtevent
 from oslo_log import log as logging
 
+from nova_lifecycle.common import inbox
+from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import loop as libvirt_loop
 
 LOG = logging.getLogger(__name__)
+
+NOTICES_THREAD_NAME = 'lifecycle-libvirt-notices'
+# A failing libvirt loop is reported at its first failure in a row, then
+# once every this many.
+REPORT_LOOP_FAILURES_EVERY = 100
 
 
 def _retire(handler):
@@ -53,37 +62,74 @@ def _retire(handler):
 def lifecycle_callback(conn, dom, event, detail, opaque):
     """libvirt's lifecycle callback, on libvirt's native thread.
 
-    Same arguments as upstream's ``Host._event_lifecycle_callback``; the
-    event keeps libvirt's numbers. Only libvirt calls and the handler's
-    queue are allowed here: no logging.
+    Same arguments as upstream's ``Host._event_lifecycle_callback``
+    (``opaque`` is the Host). Only libvirt calls and the handler's queue
+    are allowed here: no logging.
     """
-    lifecycle_event = libvirt_events.translate(dom, event, detail)
+    handler = opaque._event_handler
+    lifecycle_event = handler.translator.translate(dom, event, detail)
     if lifecycle_event is not None:
-        opaque._event_handler._queue_event(lifecycle_event)
+        handler._queue_event(lifecycle_event)
 
 
 class LifecycleEventHandler:
     """Upstream's ``LibvirtEventHandler`` role, for the plugin.
 
-    ``_queue_event`` (libvirt's native thread) passes every item to
-    ``sink``, which must not block. ``start`` (called by upstream's
-    ``Host._init_events``) starts libvirt's loop on a named thread;
-    ``stop`` ends it and the Host's connection-event loop.
+    ``_queue_event`` (libvirt's native thread, never blocking) gives
+    instance events to ``event_path.queue`` and connection-closed notices
+    to the Host's connection-event thread (through a native-to-green
+    inbox under eventlet, as upstream's eventlet handler does). ``start``
+    (called by upstream's ``Host._init_events``) starts libvirt's loop on
+    a named thread; ``stop`` ends it, the notices' inbox and the Host's
+    connection-event loop.
     """
 
-    def __init__(self, host, sink):
+    def __init__(self, host, event_path):
         self._host = host
-        self._sink = sink
-        self._loop = libvirt_loop.LibvirtEventLoop()
+        self._event_path = event_path
+        self.translator = libvirt_events.EventTranslator()
+        self._loop = libvirt_loop.LibvirtEventLoop(
+            on_failure=self._loop_failed)
+        # Runs what it is given on the Host's connection-event thread.
+        self._notices = inbox.make_inbox(
+            host._conn_event_handler_queue.put, NOTICES_THREAD_NAME,
+            green=not concurrency.threading_mode())
         self._conn_stopping = False
 
     def start(self):
         self._conn_stopping = False
+        self._notices.start()
         self._loop.register()
         self._loop.start()
 
     def _queue_event(self, item):
-        self._sink(item)
+        if isinstance(item, virtevent.InstanceEvent):
+            self._event_path.queue(item)
+        elif isinstance(item, dict) and 'conn' in item and 'reason' in item:
+            self._to_host(functools.partial(
+                self._host._connection_closed, item['conn'], False,
+                'Connection to libvirt lost: %s' % item['reason']))
+        else:
+            self._to_host(functools.partial(
+                LOG.warning, 'Ignoring unexpected libvirt notice %r', item))
+
+    def _to_host(self, call):
+        """Run ``call`` on the Host's connection-event thread.
+
+        ``Host._connection_closed`` takes the connection lock, which a slow
+        reconnect may hold, so it never runs on libvirt's loop thread.
+        """
+        try:
+            self._notices.put(call)
+        except RuntimeError:
+            pass  # Stopped: the Host's connection-event loop is gone too.
+
+    def _loop_failed(self, error, consecutive):
+        if consecutive == 1 or consecutive % REPORT_LOOP_FAILURES_EVERY == 0:
+            self._to_host(functools.partial(
+                LOG.warning, 'libvirt event loop failed (%d time(s) in a '
+                'row); events may be late until it recovers: %s',
+                consecutive, error))
 
     def run_conn_events(self):
         """The Host's connection-event loop, until :meth:`stop`.
@@ -93,42 +139,37 @@ class LifecycleEventHandler:
         while not self._conn_stopping:
             self._host._dispatch_conn_event()
 
-    def queue_connection_closed(self, notice):
-        """libvirt's connection-closed notice, for the Host to handle.
-
-        ``Host._connection_closed`` takes the connection lock, which a slow
-        reconnect may hold, so it runs on the connection-event loop.
-        """
-        reason = 'Connection to libvirt lost: %s' % notice['reason']
-        self._host._conn_event_handler_queue.put(functools.partial(
-            self._host._connection_closed, notice['conn'], False, reason))
-
     def stop(self, timeout=10):
-        """End libvirt's loop thread and the connection-event loop."""
+        """End libvirt's loop thread, the notices and the Host's loop."""
         if not self._loop.stop(timeout):
             LOG.warning('libvirt event loop thread did not stop within %ss',
                         timeout)
+        self._notices.stop(timeout)
         if not self._conn_stopping:
             self._conn_stopping = True
             self._host._conn_event_handler_queue.put(lambda: None)
 
+    def status(self):
+        """libvirt's loop as plain data (see ``LibvirtEventLoop.status``)."""
+        return self._loop.status()
+
     def threads_alive(self):
         """Names of the handler's threads still running."""
-        return [libvirt_loop.THREAD_NAME] if self._loop.is_alive() else []
+        alive = []
+        if self._loop.is_alive():
+            alive.append(libvirt_loop.THREAD_NAME)
+        if self._notices.is_alive():
+            alive.append(NOTICES_THREAD_NAME)
+        return alive
 
-    @property
-    def loop(self):
-        """The handler's :class:`~libvirt_loop.LibvirtEventLoop`."""
-        return self._loop
 
-
-def adopt(host, sink):
+def adopt(host, event_path):
     """Give ``host`` (upstream's Host) the plugin's event handling.
 
     :returns: the :class:`LifecycleEventHandler` now in ``host``.
     """
     _retire(host._event_handler)
-    handler = LifecycleEventHandler(host, sink)
+    handler = LifecycleEventHandler(host, event_path)
     host._event_handler = handler
     host._event_lifecycle_callback = lifecycle_callback
     host._conn_event_thread = handler.run_conn_events

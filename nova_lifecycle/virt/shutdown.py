@@ -22,13 +22,10 @@ costs at most that, and every wait is measured against one monotonic
 deadline.
 """
 
-import collections
-import threading
 import time
 
 from nova.compute import power_state
 from nova import exception
-from nova.virt import event as virtevent
 from oslo_log import log as logging
 
 from nova_lifecycle.eventpath import libvirt_events
@@ -39,46 +36,6 @@ LOG = logging.getLogger(__name__)
 RECHECK_INTERVAL = 1.0
 
 _OFF = (power_state.SHUTDOWN, power_state.CRASHED)
-
-
-class StopWaiters:
-    """Threads waiting for an instance's domain to stop, by UUID.
-
-    ``notify`` is called from the event path for every STOPPED event; it
-    only sets Events, so it never blocks the caller.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._waiters = collections.defaultdict(list)
-
-    def register(self, uuid):
-        waiter = threading.Event()
-        with self._lock:
-            self._waiters[uuid].append(waiter)
-        return waiter
-
-    def unregister(self, uuid, waiter):
-        with self._lock:
-            waiters = self._waiters.get(uuid)
-            if waiters is not None:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[uuid]
-
-    def notify(self, event):
-        """Wake the waiters of a STOPPED event's instance."""
-        if getattr(event, 'transition', None) != \
-                virtevent.EVENT_LIFECYCLE_STOPPED:
-            return
-        with self._lock:
-            waiters = list(self._waiters.get(event.uuid, ()))
-        for waiter in waiters:
-            waiter.set()
-
-    def waiting(self):
-        with self._lock:
-            return sum(len(w) for w in self._waiters.values())
 
 
 def _live_state(host, instance):
@@ -98,12 +55,14 @@ def _request_shutdown(guest, instance, number):
                   number, exc, instance=instance)
 
 
-def clean_shutdown(host, waiters, instance, timeout, retry_interval,
+def clean_shutdown(host, event_path, instance, timeout, retry_interval,
                    clock=time.monotonic):
     """Ask the guest to shut down; True once its domain is off in time.
 
     :param host: the driver's libvirt Host.
-    :param waiters: the driver's :class:`StopWaiters`.
+    :param event_path: the driver's
+        :class:`~nova_lifecycle.eventpath.path.EventPath`, which wakes the
+        wait at the domain's STOPPED event.
     :param timeout: seconds the guest has, from this call.
     :param retry_interval: seconds between ACPI requests (0: one request).
     """
@@ -123,35 +82,38 @@ def clean_shutdown(host, waiters, instance, timeout, retry_interval,
         LOG.info('Instance failed to shutdown in %s seconds (1 request).',
                  timeout, instance=instance)
         return False
-    waiter = waiters.register(instance.uuid)
+    with event_path.stop_waiter(instance.uuid) as waiter:
+        return _shutdown_and_wait(host, guest, instance, waiter, timeout,
+                                  retry_interval, deadline, clock)
+
+
+def _shutdown_and_wait(host, guest, instance, waiter, timeout,
+                       retry_interval, deadline, clock):
     started = clock()
     requests = 0
-    try:
-        next_request = started
-        while True:
+    next_request = started
+    while True:
+        now = clock()
+        if now >= next_request and now < deadline:
+            requests += 1
+            _request_shutdown(guest, instance, requests)
+            next_request = (now + retry_interval if retry_interval > 0
+                            else float('inf'))
             now = clock()
-            if now >= next_request and now < deadline:
-                requests += 1
-                _request_shutdown(guest, instance, requests)
-                next_request = (now + retry_interval if retry_interval > 0
-                                else float('inf'))
-                now = clock()
-            if now >= deadline:
-                break
-            woken = waiter.wait(min(deadline, next_request,
-                                    now + RECHECK_INTERVAL) - now)
-            waiter.clear()
-            if _live_state(host, instance) in _OFF:
-                LOG.info('Instance shutdown successfully after %.2f seconds '
-                         '(%d request(s)%s).', clock() - started, requests,
-                         ', woken by its event' if woken else '',
-                         instance=instance)
-                return True
-        # A last look: the guest may have made it during the last call.
+        if now >= deadline:
+            break
+        woken = waiter.wait(min(deadline, next_request,
+                                now + RECHECK_INTERVAL) - now)
+        waiter.clear()
         if _live_state(host, instance) in _OFF:
+            LOG.info('Instance shutdown successfully after %.2f seconds '
+                     '(%d request(s)%s).', clock() - started, requests,
+                     ', woken by its event' if woken else '',
+                     instance=instance)
             return True
-        LOG.info('Instance failed to shutdown in %s seconds (%d request(s)).',
-                 timeout, requests, instance=instance)
-        return False
-    finally:
-        waiters.unregister(instance.uuid, waiter)
+    # A last look: the guest may have made it during the last call.
+    if _live_state(host, instance) in _OFF:
+        return True
+    LOG.info('Instance failed to shutdown in %s seconds (%d request(s)).',
+             timeout, requests, instance=instance)
+    return False

@@ -17,7 +17,8 @@ The same status goes into nova-compute's Guru Meditation Report (oslo.reports,
 ``[lifecycle] stats_log_interval`` seconds, into one INFO log line: where
 every event ended (received = delivered + cancelled + failed + pending),
 the STOPPED events held with their instance and seconds left, the dispatch
-queue, the driver operations in progress and the plugin's threads.
+queue, the driver operations in progress, libvirt's event loop (running,
+failures, last error) and the plugin's threads.
 """
 
 import weakref
@@ -37,19 +38,21 @@ _registered = False
 
 
 def status(driver):
-    """The driver's event path as plain data."""
-    stats = driver._lifecycle_stats()
+    """The driver's event path and libvirt loop as plain data."""
+    path = driver.event_path.status()
+    counts = path.counts
     return {
-        'events': {key: stats[key] for key in (
+        'events': {key: counts[key] for key in (
             'received', 'delivered', 'cancelled', 'failed', 'pending')},
-        'cancelled by reason': stats['cancelled_by_reason'],
-        'failed by error': stats['failed_by_error'],
+        'cancelled by reason': counts['cancelled_by_reason'],
+        'failed by error': counts['failed_by_error'],
         'held STOPPED events': {
             uuid: 'delivered in %.1fs unless superseded' % remaining
-            for uuid, remaining in driver._pipeline.held_stops()},
-        'dispatch queue': stats['dispatch_queue'],
-        'driver operations': driver._operations.busy(),
-        'power-offs waiting for STOPPED': driver._stop_waiters.waiting(),
+            for uuid, remaining in path.held},
+        'dispatch queue': path.dispatch_queue,
+        'driver operations': path.operations,
+        'power-offs waiting for STOPPED': path.stop_waiters,
+        'libvirt event loop': driver.event_handler.status(),
         'threads': concurrency.plugin_threads(),
     }
 
@@ -72,15 +75,18 @@ def register(driver):
 
 def log_line(driver):
     """One INFO line with the counters (the periodic stats log)."""
-    stats = driver._lifecycle_stats()
+    path = driver.event_path.status()
+    counts = path.counts
     LOG.info('nova-lifecycle: %(received)d events received, %(delivered)d '
              'delivered, %(cancelled)d cancelled, %(failed)d failed, '
              '%(pending)d pending; %(held)d STOPPED held, dispatch queue '
-             '%(queue)d; cancelled by reason %(reasons)s',
-             {'received': stats['received'],
-              'delivered': stats['delivered'],
-              'cancelled': stats['cancelled'],
-              'failed': stats['failed'], 'pending': stats['pending'],
-              'held': stats['held_stopped'],
-              'queue': stats['dispatch_queue'],
-              'reasons': stats['cancelled_by_reason']})
+             '%(queue)d; cancelled by reason %(reasons)s; libvirt loop '
+             'failures %(loop_failures)d',
+             {'received': counts['received'],
+              'delivered': counts['delivered'],
+              'cancelled': counts['cancelled'],
+              'failed': counts['failed'], 'pending': counts['pending'],
+              'held': len(path.held),
+              'queue': path.dispatch_queue,
+              'reasons': counts['cancelled_by_reason'],
+              'loop_failures': driver.event_handler.status()['failures']})

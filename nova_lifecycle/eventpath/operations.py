@@ -18,14 +18,13 @@ Knowing which driver calls are in progress lets the event path hold such a
 STOPPED for the full delay and hand a STOPPED that nothing explains (the
 guest powered itself off, or crashed) to Nova after a short grace.
 
-:func:`tracking_operations` wraps a driver class's methods that stop or
-restart domains, so each call registers its instance for its duration.
+:mod:`nova_lifecycle.virt.tracked_methods` wraps the driver's methods
+that stop or restart domains, so each call registers its instance here for
+its duration.
 """
 
 import collections
 import contextlib
-import functools
-import inspect
 import threading
 import time
 
@@ -127,53 +126,3 @@ class DriverOperations:
         """{uuid: [operation names]} of every instance being operated on."""
         with self._lock:
             return {uuid: sorted(ops) for uuid, ops in self._active.items()}
-
-
-def _instance_uuid(signature, args, kwargs):
-    try:
-        bound = signature.bind_partial(*args, **kwargs)
-    except TypeError:
-        return None
-    instance = bound.arguments.get('instance')
-    return getattr(instance, 'uuid', None)
-
-
-def tracked(cls, name):
-    """A method of ``cls`` that runs its base class's ``name`` as an operation.
-
-    The base method is looked up on every call (``super()``), so a patch of
-    upstream's method (a test's mock, an operator's hot-fix) reaches it.
-    The call is counted as operation ``name`` on the UUID of its
-    ``instance`` argument, read with upstream's signature, which the
-    wrapper also shows to ``inspect`` so the driver's API looks like
-    upstream's.
-    """
-    signature = inspect.signature(getattr(cls, name))
-
-    def wrapper(self, *args, **kwargs):
-        method = getattr(super(cls, self), name)
-        uuid = _instance_uuid(signature, (self,) + args, kwargs)
-        if uuid is None:
-            return method(*args, **kwargs)
-        with self._operations.track(uuid, name):
-            return method(*args, **kwargs)
-
-    functools.update_wrapper(wrapper, getattr(cls, name))
-    del wrapper.__wrapped__
-    wrapper.__signature__ = signature
-    return wrapper
-
-
-def tracking_operations(cls):
-    """Class decorator: wrap the :data:`TRACKED_METHODS` ``cls`` inherits.
-
-    Instances of the class must have a ``_operations`` attribute, a
-    :class:`DriverOperations`.
-    """
-    for name in TRACKED_METHODS:
-        if name in vars(cls):
-            raise TypeError('%s defines %s itself; tracking_operations wraps '
-                            'inherited methods only' % (cls.__name__, name))
-        if hasattr(cls, name):
-            setattr(cls, name, tracked(cls, name))
-    return cls
