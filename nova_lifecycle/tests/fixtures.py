@@ -52,3 +52,22 @@ class LibvirtEvents(fixtures.Fixture):
     def _setUp(self):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.host.Host._init_events', _INIT_EVENTS))
+
+
+def wait_settled(event_path, received, timeout=10):
+    """Wait until ``received`` events came in and none is pending."""
+    return event_path.wait_for_counts(
+        lambda c: c['received'] >= received and c['pending'] == 0, timeout)
+
+
+def wait_received(event_path, received, timeout=10):
+    """Wait until ``received`` events came in; True if they did."""
+    return event_path.wait_for_counts(lambda c: c['received'] >= received,
+                                      timeout)
+
+
+def balanced(counts):
+    """True when every received event is counted exactly once."""
+    return not counts['double_ends'] and counts['received'] == (
+        counts['delivered'] + counts['cancelled'] + counts['failed'] +
+        counts['pending'])
