@@ -95,9 +95,10 @@ class HeldStops:
             entry.cancel(REASON_SHUTDOWN)
         if superseded is not None:
             superseded.timer.cancel()
-            LOG.debug('STOPPED event for instance %s cancelled by %s.',
-                      event.uuid, event.get_name())
-            superseded.entry.cancel('superseded by %s' % event.get_name())
+            reason = 'superseded by %s' % event.get_name()
+            LOG.debug('STOPPED event for instance %s cancelled: %s',
+                      event.uuid, reason)
+            superseded.entry.cancel(reason)
 
     def _hold(self, event, entry, delay):
         hold = _Hold(event, entry, self._clock() + delay)

@@ -110,6 +110,7 @@ class EventPath:
         self._inbox = inbox.make_inbox(self._intake, name + '-inbox', green)
         self._reported = set()
         self._started = False
+        self._stopped = False
 
     # The driver's side
 
@@ -124,11 +125,13 @@ class EventPath:
         Once the path has stopped the event is counted as cancelled by
         shutdown, with a log line naming the instance.
         """
-        try:
-            self._inbox.put(event)
-        except RuntimeError:
-            # Only a stopped inbox refuses.
-            self._drop_at_shutdown(event, self._ledger.open())
+        if not self._stopped:
+            try:
+                self._inbox.put(event)
+                return
+            except RuntimeError:
+                pass  # Only a stopped inbox refuses.
+        self._drop_at_shutdown(event, self._ledger.open())
 
     def track(self, uuid, operation):
         """Context manager: a driver ``operation`` on ``uuid`` runs."""
@@ -146,6 +149,7 @@ class EventPath:
         log line naming the instance: the next power-state sync at start-up
         reconciles it.
         """
+        self._stopped = True
         if not self._inbox.stop(timeout):
             LOG.warning('%s-inbox did not stop within %ss', self._name,
                         timeout)

@@ -71,3 +71,34 @@ def balanced(counts):
     return not counts['double_ends'] and counts['received'] == (
         counts['delivered'] + counts['cancelled'] + counts['failed'] +
         counts['pending'])
+
+
+class PathCounts:
+    """An event path's counters, read through its public surface.
+
+    The waits a test needs (``wait_received``, ``wait_settled``,
+    ``wait_until``) on top of ``EventPath.status().counts`` and
+    ``EventPath.wait_for_counts``.
+    """
+
+    def __init__(self, event_path):
+        self._path = event_path
+
+    def snapshot(self):
+        return self._path.status().counts
+
+    @property
+    def received(self):
+        return self.snapshot()['received']
+
+    def balanced(self):
+        return balanced(self.snapshot())
+
+    def wait_until(self, predicate, timeout=None):
+        return self._path.wait_for_counts(predicate, timeout)
+
+    def wait_received(self, received, timeout=None):
+        return wait_received(self._path, received, timeout)
+
+    def wait_settled(self, received, timeout=None):
+        return wait_settled(self._path, received, timeout)

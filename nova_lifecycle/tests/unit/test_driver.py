@@ -89,7 +89,7 @@ class DriverTestCase(test.NoDBTestCase):
 
     def start_events(self):
         """What init_host does for events, without the rest of init_host."""
-        self.driver._pipeline.start()
+        self.driver.event_path.start()
         self.driver._host.initialize()
         self.addCleanup(self.driver.cleanup_host, 'compute1')
         return self.driver._host.get_connection()
@@ -110,7 +110,7 @@ class LoadedDriverTest(DriverTestCase):
         conn = self.start_events()
         # _get_new_connection registered the plugin's lifecycle callback.
         callback, opaque = conn._event_callbacks[
-            fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE]
+            fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE]
         self.assertIs(lc_host.lifecycle_callback, callback)
         self.assertIs(self.driver._host, opaque)
         # _init_events started the handler's loop...
@@ -133,12 +133,32 @@ class LoadedDriverTest(DriverTestCase):
         self.assertEqual(before, threading.active_count())
         self.assertEqual([], concurrency.plugin_threads())
 
-    def test_options_reach_the_pipeline(self):
-        self.flags(stopped_event_delay=7, dispatch_workers=3,
+    def test_options_reach_the_event_path(self):
+        self.flags(stopped_event_delay=70, dispatch_workers=3,
                    group='lifecycle')
-        driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
-        self.assertEqual(7, driver._pipeline._delayed.delay)
-        self.assertEqual(3, driver._pipeline._executor._max_workers)
+        made = []
+        make_executor = concurrency.make_executor
+
+        def recording(workers, name):
+            made.append((workers, name))
+            return make_executor(workers, name)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.concurrency.make_executor', recording))
+        self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
+                                                       False)
+        self.assertEqual([(3, 'lifecycle-dispatch')], made)
+        self.start_events()
+        # A destroy held the full delay, read when it comes.
+        self.driver.event_path.queue(libvirt_events.DomainLifecycleEvent(
+            UUID, virtevent.EVENT_LIFECYCLE_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
+        self.assertTrue(lc_fixtures.wait_received(self.driver.event_path, 1,
+                                                  WAIT))
+        (uuid, left), = self.driver.event_path.status().held
+        self.assertEqual(UUID, uuid)
+        self.assertGreater(left, 60)
 
 
 class EventPathTest(DriverTestCase):
@@ -175,21 +195,21 @@ class EventPathTest(DriverTestCase):
              virtevent.EVENT_LIFECYCLE_RESUMED,
              virtevent.EVENT_LIFECYCLE_STARTED],
             [e.transition for e in self.listener.events])
-        self.assertTrue(driver._pipeline.ledger.wait_settled(4, WAIT))
+        self.assertTrue(lc_fixtures.wait_settled(driver.event_path, 4, WAIT))
         self.assertEqual({'superseded by Resumed': 1},
-                         driver._lifecycle_stats()['cancelled_by_reason'])
+                         driver.event_path.status().counts['cancelled_by_reason'])
 
     def test_unregistered_listener_events_are_counted_not_lost(self):
         conn = self.start_events()
         self.driver.register_event_listener(self.listener)
         self.driver.register_event_listener(None)
         conn.createXML(DOMAIN_XML, 0)
-        ledger = self.driver._pipeline.ledger
-        self.assertTrue(ledger.wait_received(1, WAIT))
-        self.assertTrue(ledger.wait_settled(ledger.received, WAIT))
+        counts = lc_fixtures.PathCounts(self.driver.event_path)
+        self.assertTrue(counts.wait_received(1, WAIT))
+        self.assertTrue(counts.wait_settled(counts.received, WAIT))
         self.assertEqual([], self.listener.events)
         self.assertIn('no listener',
-                      self.driver._lifecycle_stats()['cancelled_by_reason'])
+                      self.driver.event_path.status().counts['cancelled_by_reason'])
 
     def test_queue_event_accepts_events_from_any_thread(self):
         self.driver.register_event_listener(self.listener)
@@ -197,7 +217,7 @@ class EventPathTest(DriverTestCase):
         event = virtevent.LifecycleEvent(UUID,
                                          virtevent.EVENT_LIFECYCLE_PAUSED)
         thread = concurrency.native_threading().Thread(
-            target=self.driver._queue_event, args=(event,), name='caller')
+            target=self.driver.event_path.queue, args=(event,), name='caller')
         thread.start()
         thread.join(WAIT)
         self.assertTrue(self.listener.wait_for(1))
@@ -263,19 +283,19 @@ class ConnectionAndShutdownTest(DriverTestCase):
         driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
         self.driver = driver
         driver.register_event_listener(self.listener)
-        driver._pipeline.start()
+        driver.event_path.start()
         driver._host.initialize()
         conn = driver._host.get_connection()
         dom = conn.createXML(DOMAIN_XML, 0)
         conn._emit_lifecycle(
             dom, libvirt_events.DOMAIN_EVENT_STOPPED,
             libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
-        self.assertTrue(driver._pipeline.ledger.wait_received(2, WAIT))
+        self.assertTrue(lc_fixtures.wait_received(driver.event_path, 2, WAIT))
         self.assertIn(libvirt_loop.THREAD_NAME,
                       concurrency.plugin_threads())
         driver.cleanup_host('compute1')
         self.assertEqual([], concurrency.plugin_threads())
-        stats = driver._lifecycle_stats()
+        stats = driver.event_path.status().counts
         self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
         self.assertEqual(0, stats['pending'])
         self.assertIn('Pending STOPPED event for instance %s dropped by '

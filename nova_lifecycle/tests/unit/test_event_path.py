@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The event pipeline: order, holding STOPPED, bad input, accounting."""
+"""The event path: order, holding STOPPED, bad input, accounting."""
 
 import collections
 import logging
@@ -35,15 +35,35 @@ STOPPED = virtevent.EVENT_LIFECYCLE_STOPPED
 PAUSED = virtevent.EVENT_LIFECYCLE_PAUSED
 RESUMED = virtevent.EVENT_LIFECYCLE_RESUMED
 
-_LIBVIRT_TYPE = {STARTED: libvirt_events.DOMAIN_EVENT_STARTED, STOPPED: libvirt_events.DOMAIN_EVENT_STOPPED,
-                 PAUSED: libvirt_events.DOMAIN_EVENT_SUSPENDED, RESUMED: libvirt_events.DOMAIN_EVENT_RESUMED}
+_LIBVIRT_TYPE = {STARTED: libvirt_events.DOMAIN_EVENT_STARTED,
+                 STOPPED: libvirt_events.DOMAIN_EVENT_STOPPED,
+                 PAUSED: libvirt_events.DOMAIN_EVENT_SUSPENDED,
+                 RESUMED: libvirt_events.DOMAIN_EVENT_RESUMED}
 
 
 def lifecycle(uuid, transition, detail=0, libvirt_event=None):
     if libvirt_event is None:
         libvirt_event = _LIBVIRT_TYPE[transition]
-    return libvirt_events.DomainLifecycleEvent(uuid, transition, libvirt_event,
-                                       detail)
+    return libvirt_events.DomainLifecycleEvent(uuid, transition,
+                                               libvirt_event, detail)
+
+
+class Conf:
+    """The ``[lifecycle]`` options an EventPath reads.
+
+    With ``fast_stopped_events`` off (the default here) every STOPPED is
+    held ``stopped_event_delay`` and never re-checked, as upstream.
+    """
+
+    def __init__(self, delay=60.0, workers=4, fast=False, grace=1.0):
+        self.stopped_event_delay = delay
+        self.dispatch_workers = workers
+        self.fast_stopped_events = fast
+        self.stopped_event_grace = grace
+
+
+def no_domain(uuid):
+    return None
 
 
 class Recorder:
@@ -84,34 +104,36 @@ class Recorder:
                     if uuid is None or e.uuid == uuid]
 
 
-class PipelineTestCase(base.TestCase):
+class EventPathTestCase(base.TestCase):
 
     def setUp(self):
         super().setUp()
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
         self.logs = self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
         self.recorder = Recorder()
+        self.listener = self.recorder
 
-    def make(self, delay=60.0, workers=4):
-        p = event_path.EventPipeline(
-            self.recorder, delay, workers,
-            green=not concurrency.threading_mode())
+    def make(self, delay=60.0, workers=4, live_state=no_domain, **conf):
+        p = event_path.EventPath(
+            Conf(delay, workers, **conf), lambda e: self.listener(e),
+            live_state, green=not concurrency.threading_mode())
         p.start()
         self.addCleanup(self.assert_balanced, p)
         self.addCleanup(p.stop)
         return p
 
     def assert_balanced(self, p):
-        self.assertTrue(p.ledger.balanced(), p.ledger.snapshot())
+        counts = p.status().counts
+        self.assertTrue(lc_fixtures.balanced(counts), counts)
 
     def wait_ended(self, p, count):
         """Wait until ``count`` events have ended; return the counters."""
-        self.assertTrue(p.ledger.wait_settled(count, WAIT),
-                        p.ledger.snapshot())
-        return p.ledger.snapshot()
+        self.assertTrue(lc_fixtures.wait_settled(p, count, WAIT),
+                        p.status().counts)
+        return p.status().counts
 
 
-class OrderAndConcurrencyTest(PipelineTestCase):
+class OrderAndConcurrencyTest(EventPathTestCase):
 
     def test_per_instance_order_across_many_instances(self):
         p = self.make(workers=4)
@@ -119,7 +141,7 @@ class OrderAndConcurrencyTest(PipelineTestCase):
         uuids = ['%08d-0000-0000-0000-000000000000' % i for i in range(10)]
         for transition in sequence:
             for uuid in uuids:
-                p.queue_event(lifecycle(uuid, transition))
+                p.queue(lifecycle(uuid, transition))
         self.recorder.wait_for(len(sequence) * len(uuids))
         for uuid in uuids:
             self.assertEqual(sequence, self.recorder.transitions(uuid))
@@ -131,7 +153,7 @@ class OrderAndConcurrencyTest(PipelineTestCase):
         p = self.make(workers=2)
         self.recorder.gate.clear()
         for i in range(500):
-            p.queue_event(lifecycle(UUID_A if i % 2 else UUID_B, PAUSED))
+            p.queue(lifecycle(UUID_A if i % 2 else UUID_B, PAUSED))
         # Every call above returned while the listener was blocked.
         self.assertEqual([], self.recorder.transitions())
         self.recorder.gate.set()
@@ -140,7 +162,7 @@ class OrderAndConcurrencyTest(PipelineTestCase):
     def test_listener_runs_on_a_dispatch_worker(self):
         p = self.make()
         caller = concurrency.native_threading().Thread(
-            target=p.queue_event, args=(lifecycle(UUID_A, STARTED),),
+            target=p.queue, args=(lifecycle(UUID_A, STARTED),),
             name='fake-libvirt-loop')
         caller.start()
         caller.join(WAIT)
@@ -157,22 +179,22 @@ class OrderAndConcurrencyTest(PipelineTestCase):
                 blocker.wait(WAIT)
             return original(event)
 
-        p._deliver = listener
-        p.queue_event(lifecycle(UUID_A, STARTED))
-        p.queue_event(lifecycle(UUID_B, STARTED))
+        self.listener = listener
+        p.queue(lifecycle(UUID_A, STARTED))
+        p.queue(lifecycle(UUID_B, STARTED))
         self.recorder.wait_for(1)
         self.assertEqual([UUID_B], [e.uuid for e in self.recorder.events])
         blocker.set()
         self.recorder.wait_for(2)
 
 
-class HeldStoppedTest(PipelineTestCase):
+class HeldStoppedTest(EventPathTestCase):
 
     def test_stopped_is_delivered_after_the_delay(self):
         p = self.make(delay=0.05)
         event = lifecycle(
             UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
-        p.queue_event(event)
+        p.queue(event)
         self.recorder.wait_for(1)
         delivered = self.recorder.events[0]
         self.assertIs(event, delivered)
@@ -180,55 +202,39 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_later_event_cancels_held_stopped(self):
         p = self.make(delay=60)
-        p.queue_event(lifecycle(
+        p.queue(lifecycle(
             UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
-        self.assertTrue(p.ledger.wait_received(1, WAIT))
-        self.assertEqual([UUID_A], [u for u, _ in p.held_stops()])
-        p.queue_event(lifecycle(UUID_A, RESUMED))
-        p.queue_event(lifecycle(UUID_A, STARTED))
+        self.assertTrue(lc_fixtures.wait_received(p, 1, WAIT))
+        self.assertEqual([UUID_A], [u for u, _ in p.status().held])
+        p.queue(lifecycle(UUID_A, RESUMED))
+        p.queue(lifecycle(UUID_A, STARTED))
         self.recorder.wait_for(2)
         self.assertEqual([RESUMED, STARTED], self.recorder.transitions())
         stats = self.wait_ended(p, 3)
         self.assertEqual({'superseded by Resumed': 1},
                          stats['cancelled_by_reason'])
-        self.assertEqual([], p.held_stops())
+        self.assertEqual([], p.status().held)
         self.assertIn('STOPPED event for instance %s cancelled: superseded'
                       % UUID_A, self.logs.output)
 
     def test_hard_reboot_sequence_delivers_no_stop(self):
         p = self.make(delay=60)
         for transition in (STOPPED, RESUMED, STARTED):
-            p.queue_event(lifecycle(UUID_A, transition))
+            p.queue(lifecycle(UUID_A, transition))
         self.recorder.wait_for(2)
         self.assertNotIn(STOPPED, self.recorder.transitions())
 
-    def test_shutdown_notes_of_domains_that_never_stop_are_bounded(self):
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_lifecycle.eventpath.path.MAX_SHUTDOWN_NOTES', 3))
-        p = self.make(delay=0.01)
-        uuids = ['00000000-0000-0000-0000-%012d' % i for i in range(10)]
-        for uuid in uuids:
-            p.queue_event(libvirt_events.ShutdownNotice(uuid,
-                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
-        # The last domain does stop: its note is still there for it.
-        p.queue_event(lifecycle(uuids[-1], STOPPED,
-                                libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN))
-        self.recorder.wait_for(1)
-        self.assertEqual(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
-                         self.recorder.events[0].shutdown_detail)
-        self.assertEqual(uuids[-3:-1], list(p._shutdown_notes))
-
     def test_other_instance_does_not_cancel(self):
         p = self.make(delay=0.1)
-        p.queue_event(lifecycle(UUID_A, STOPPED))
-        p.queue_event(lifecycle(UUID_B, STARTED))
+        p.queue(lifecycle(UUID_A, STOPPED))
+        p.queue(lifecycle(UUID_B, STARTED))
         self.recorder.wait_for(2)
         self.assertEqual([STOPPED], self.recorder.transitions(UUID_A))
 
     def test_device_event_does_not_cancel(self):
         p = self.make(delay=0.1)
-        p.queue_event(lifecycle(UUID_A, STOPPED))
-        p.queue_event(libvirtevent.DeviceRemovedEvent(UUID_A, 'virtio-disk1'))
+        p.queue(lifecycle(UUID_A, STOPPED))
+        p.queue(libvirtevent.DeviceRemovedEvent(UUID_A, 'virtio-disk1'))
         self.recorder.wait_for(2)
         self.assertEqual(STOPPED, self.recorder.events[-1].transition)
         self.assertIsInstance(self.recorder.events[0],
@@ -236,9 +242,9 @@ class HeldStoppedTest(PipelineTestCase):
 
     def test_second_stopped_replaces_the_first(self):
         p = self.make(delay=0.1)
-        p.queue_event(lifecycle(
+        p.queue(lifecycle(
             UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN))
-        p.queue_event(lifecycle(
+        p.queue(lifecycle(
             UUID_A, STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
         self.recorder.wait_for(1)
         stats = self.wait_ended(p, 2)
@@ -246,38 +252,38 @@ class HeldStoppedTest(PipelineTestCase):
                          [e.detail_name for e in self.recorder.events])
         self.assertEqual(1, stats['cancelled'])
 
-    def test_event_racing_the_deadline_still_supersedes(self):
-        """The delay ran out, but a newer event got in before release."""
-        p = self.make(delay=0)
-        gate = threading.Event()
-        entered = threading.Event()
-        release = p._release
+    def test_late_operation_end_brings_a_hold_forward_never_back(self):
+        p = self.make(delay=60, fast=True, grace=0.05)
+        with p.track(UUID_A, 'reboot'):
+            p.queue(lifecycle(UUID_A, STOPPED,
+                              libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
+            self.assertTrue(lc_fixtures.wait_received(p, 1, WAIT))
+            (uuid, left), = p.status().held
+            self.assertGreater(left, 50)
+        # The reboot ended without a following event: the STOPPED goes on
+        # after the grace, checked against the domain (gone here).
+        self.recorder.wait_for(1)
+        self.assertEqual([STOPPED], self.recorder.transitions(UUID_A))
 
-        def late_release(stop):
-            entered.set()
-            gate.wait(WAIT)
-            return release(stop)
-
-        p._release = late_release
-        p.queue_event(lifecycle(UUID_A, STOPPED))
-        self.assertTrue(entered.wait(WAIT))
-        # The held Future is running now, so it can no longer be cancelled.
-        p.queue_event(lifecycle(UUID_A, STARTED))
-        self.assertTrue(p.ledger.wait_received(2, WAIT))
-        gate.set()
-        stats = self.wait_ended(p, 2)
-        self.assertEqual([STARTED], self.recorder.transitions())
-        self.assertEqual({'superseded by Started': 1},
+    def test_stopped_of_a_running_domain_is_cancelled_by_the_recheck(self):
+        running = 1  # virDomainState RUNNING
+        p = self.make(delay=0.01, fast=True, grace=0.01,
+                      live_state=lambda uuid: running)
+        p.queue(lifecycle(UUID_A, STOPPED,
+                          libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'domain is running again': 1},
                          stats['cancelled_by_reason'])
+        self.assertEqual([], self.recorder.transitions())
 
 
-class BadInputTest(PipelineTestCase):
+class BadInputTest(EventPathTestCase):
 
     def test_listener_failure_is_counted_and_next_event_still_runs(self):
         p = self.make()
         self.recorder.fail_for = {PAUSED}
-        p.queue_event(lifecycle(UUID_A, PAUSED))
-        p.queue_event(lifecycle(UUID_A, RESUMED))
+        p.queue(lifecycle(UUID_A, PAUSED))
+        p.queue(lifecycle(UUID_A, RESUMED))
         self.recorder.wait_for(1)
         stats = self.wait_ended(p, 2)
         self.assertEqual(1, stats['failed'])
@@ -288,14 +294,14 @@ class BadInputTest(PipelineTestCase):
     def test_no_listener_cancels_with_reason(self):
         p = self.make()
         self.recorder.listening = False
-        p.queue_event(lifecycle(UUID_A, STARTED))
+        p.queue(lifecycle(UUID_A, STARTED))
         stats = self.wait_ended(p, 1)
         self.assertEqual({'no listener': 1}, stats['cancelled_by_reason'])
 
     def test_unknown_event_type_logged_once(self):
         p = self.make()
         for _ in range(3):
-            p.queue_event(libvirt_events.DomainLifecycleEvent(
+            p.queue(libvirt_events.DomainLifecycleEvent(
                 UUID_A, None, 42, 0))
         stats = self.wait_ended(p, 3)
         self.assertEqual({'no Nova transition': 3},
@@ -306,38 +312,35 @@ class BadInputTest(PipelineTestCase):
     def test_unknown_detail_delivered_and_logged_once(self):
         p = self.make()
         for _ in range(2):
-            p.queue_event(lifecycle(UUID_A, PAUSED, detail=99))
+            p.queue(lifecycle(UUID_A, PAUSED, detail=99))
         self.recorder.wait_for(2)
         self.assertEqual(1, self.logs.output.count('SUSPENDED_UNKNOWN(99)'))
 
     def test_event_without_uuid_fails_with_a_warning(self):
         p = self.make()
-        p.queue_event(libvirt_events.DomainLifecycleEvent(
+        p.queue(libvirt_events.DomainLifecycleEvent(
             None, None, libvirt_events.DOMAIN_EVENT_STOPPED, 0, error='cannot read domain UUID'))
         stats = self.wait_ended(p, 1)
         self.assertEqual({'BadLifecycleEvent': 1}, stats['failed_by_error'])
         self.assertIn('cannot read domain UUID', self.logs.output)
 
-    def test_non_instance_item_goes_to_route_other(self):
-        routed = []
-        p = event_path.EventPipeline(self.recorder, 60, 1,
-                                   green=not concurrency.threading_mode(),
-                                   route_other=routed.append)
-        p.start()
-        p.queue_event({'conn': None, 'reason': 'gone'})
-        p.stop()
-        self.assertEqual([{'conn': None, 'reason': 'gone'}], routed)
-        self.assertEqual(0, p.ledger.snapshot()['received'])
+    def test_non_instance_item_fails_with_a_warning(self):
+        p = self.make()
+        p.queue({'conn': None, 'reason': 'gone'})
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'TypeError': 1}, stats['failed_by_error'])
+        self.assertIn('not an instance event', self.logs.output)
+        self.assertEqual([], self.recorder.events)
 
 
-class ShutdownTest(PipelineTestCase):
+class ShutdownTest(EventPathTestCase):
 
     def test_stop_drops_held_stopped_with_a_line_per_instance(self):
         p = self.make(delay=3600)
-        p.queue_event(lifecycle(UUID_A, STOPPED))
-        p.queue_event(lifecycle(UUID_B, STOPPED))
+        p.queue(lifecycle(UUID_A, STOPPED))
+        p.queue(lifecycle(UUID_B, STOPPED))
         p.stop()
-        stats = p.ledger.snapshot()
+        stats = p.status().counts
         self.assertEqual({'shutdown': 2}, stats['cancelled_by_reason'])
         for uuid in (UUID_A, UUID_B):
             self.assertIn('Pending STOPPED event for instance %s dropped by '
@@ -348,21 +351,21 @@ class ShutdownTest(PipelineTestCase):
         p = self.make(workers=1)
         self.recorder.gate.clear()
         for _ in range(20):
-            p.queue_event(lifecycle(UUID_A, PAUSED))
+            p.queue(lifecycle(UUID_A, PAUSED))
         self.recorder.gate.set()
         p.stop()
-        self.assertEqual(20, p.ledger.snapshot()['delivered'])
+        self.assertEqual(20, p.status().counts['delivered'])
 
     def test_event_after_stop_is_counted_never_raised(self):
-        # libvirt's loop may outlive the pipeline (a connection left open
+        # libvirt's loop may outlive the path (a connection left open
         # after cleanup_host): nothing may raise into it, in either mode.
         p = self.make()
         p.stop()
-        p.queue_event(lifecycle(UUID_A, STARTED))
-        p.queue_event(object())
-        stats = p.ledger.snapshot()
-        self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
-        self.assertEqual(1, stats['received'])
+        p.queue(lifecycle(UUID_A, STARTED))
+        p.queue(object())
+        stats = p.status().counts
+        self.assertEqual({'shutdown': 2}, stats['cancelled_by_reason'])
+        self.assertEqual(2, stats['received'])
         self.assertIn('arrived during shutdown', self.logs.output)
         self.assertIn(UUID_A, self.logs.output)
 
@@ -373,7 +376,7 @@ class ShutdownTest(PipelineTestCase):
         self.assertEqual([], concurrency.plugin_threads())
 
 
-class StressTest(PipelineTestCase):
+class StressTest(EventPathTestCase):
 
     def test_threads_emitting_for_overlapping_instances(self):
         import random
@@ -390,7 +393,7 @@ class StressTest(PipelineTestCase):
                 with lock:  # per-instance send order is the lock's order
                     event = lifecycle(uuid, rng.choice(choices))
                     sent[uuid].append(event)
-                    p.queue_event(event)
+                    p.queue(event)
 
         threads = [threading.Thread(target=emitter, args=(s,),
                                     name='emitter-%d' % s) for s in range(6)]
@@ -399,7 +402,7 @@ class StressTest(PipelineTestCase):
         for t in threads:
             t.join(WAIT)
         stats = self.wait_ended(p, 1800)
-        self.assertTrue(p.ledger.balanced(), stats)
+        self.assertTrue(lc_fixtures.balanced(stats), stats)
         self.assertEqual(1800, stats['received'])
         for uuid in uuids:
             got = [e for e in self.recorder.events if e.uuid == uuid]

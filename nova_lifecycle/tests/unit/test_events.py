@@ -109,15 +109,58 @@ class TranslateTest(test.NoDBTestCase):
             self.assertIsNone(libvirt_events.translate(Dom(
                 ), libvirt_event, 0))
 
-    def test_shutdown_becomes_a_notice_of_who_asked(self):
-        notice = libvirt_events.translate(Dom(
-            ), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                  libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
-        self.assertIsInstance(notice, libvirt_events.ShutdownNotice)
-        self.assertNotIsInstance(notice, virtevent.LifecycleEvent)
-        self.assertEqual((UUID, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST),
-                         (notice.uuid, notice.libvirt_detail))
-        self.assertIn('SHUTDOWN_GUEST', repr(notice))
+    def test_translator_puts_who_asked_on_the_stopped(self):
+        translator = libvirt_events.EventTranslator()
+        stopped = libvirt_events.DOMAIN_EVENT_STOPPED
+        self.assertIsNone(translator.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
+        event = translator.translate(
+            Dom(), stopped, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.assertEqual(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
+                         event.shutdown_detail)
+        # The note is used once: the next STOPPED says nothing of it.
+        event = translator.translate(
+            Dom(), stopped, libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        self.assertIsNone(event.shutdown_detail)
+        # The stateless translate never keeps SHUTDOWN.
+        self.assertIsNone(libvirt_events.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST))
+
+    def test_any_later_event_of_the_domain_uses_up_the_note(self):
+        translator = libvirt_events.EventTranslator()
+        translator.translate(Dom(), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                             libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        started = translator.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_STARTED, 0)
+        self.assertEqual(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
+                         started.shutdown_detail)
+        stopped = translator.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_STOPPED,
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+        self.assertIsNone(stopped.shutdown_detail)
+
+    def test_notes_of_domains_that_never_stop_are_bounded(self):
+        translator = libvirt_events.EventTranslator(max_notes=3)
+        uuids = ['00000000-0000-0000-0000-%012d' % i for i in range(10)]
+        for uuid in uuids:
+            translator.translate(
+                Dom(uuid=uuid), libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        for uuid, kept in ((uuids[-1], True), (uuids[-3], True),
+                           (uuids[-4], False), (uuids[0], False)):
+            event = translator.translate(
+                Dom(uuid=uuid), libvirt_events.DOMAIN_EVENT_STOPPED,
+                libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            self.assertEqual(kept, event.shutdown_detail is not None, uuid)
+
+    def test_shutdown_of_an_unreadable_domain_is_only_skipped(self):
+        translator = libvirt_events.EventTranslator()
+        self.assertIsNone(translator.translate(
+            Dom(error=RuntimeError('gone')),
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
 
     def test_unknown_type_is_kept_without_transition(self):
         event = libvirt_events.translate(Dom(), 42, 3)

@@ -70,7 +70,7 @@ class TestDriverEventPathTest(test.NoDBTestCase):
                                                        False)
         self.listener = GatedListener()
         self.driver.register_event_listener(self.listener)
-        self.driver._pipeline.start()
+        self.driver.event_path.start()
         self.driver._host.initialize()
         self.addCleanup(self.driver.cleanup_host, 'compute1')
         self.conn = self.driver._host.get_connection()
@@ -86,13 +86,13 @@ class TestDriverEventPathTest(test.NoDBTestCase):
         dom.destroy()
         self.boot(1)
         self.assertTrue(self.listener.wait_for(2))
-        ledger = self.driver._pipeline.ledger
+        ledger = lc_fixtures.PathCounts(self.driver.event_path)
         self.assertTrue(ledger.wait_settled(3, WAIT))
         self.assertEqual(
             [virtevent.EVENT_LIFECYCLE_STARTED] * 2,
             [e.transition for e in self.listener.events])
         self.assertEqual({'superseded by Started': 1},
-                         self.driver._lifecycle_stats()['cancelled_by_reason'])
+                         self.driver.event_path.status().counts['cancelled_by_reason'])
 
     def test_blocked_listener_does_not_block_the_libvirt_loop(self):
         self.listener.gate.clear()
@@ -100,12 +100,12 @@ class TestDriverEventPathTest(test.NoDBTestCase):
             self.boot(n).destroy()
         # 40 callbacks arrived through libvirt's loop while every worker
         # was stuck in the listener.
-        ledger = self.driver._pipeline.ledger
+        ledger = lc_fixtures.PathCounts(self.driver.event_path)
         self.assertTrue(ledger.wait_received(40, WAIT))
         self.assertEqual([], self.listener.events)
         self.listener.gate.set()
         self.assertTrue(self.listener.wait_for(20))
-        self.assertEqual(20, len(self.driver._pipeline.held_stops()))
+        self.assertEqual(20, len(self.driver.event_path.status().held))
 
     def test_cleanup_wakes_and_ends_the_loop_thread(self):
         self.assertIn('lifecycle-libvirt-loop',

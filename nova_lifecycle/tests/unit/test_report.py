@@ -15,11 +15,13 @@
 import threading
 
 import fixtures
+from nova.tests.fixtures import libvirt as fakelibvirt
 from nova import version
 from oslo_reports import guru_meditation_report as gmr
 
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.virt import host as lc_host
 from nova_lifecycle.virt import status_report
 
 WAIT = 10
@@ -36,11 +38,11 @@ class ReportTest(test_driver.DriverTestCase):
         self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
         self.conn._emit_lifecycle(
             self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         # Nova's fake sends a STARTED before the domain can be read (one
         # failed event), then the real one (delivered); the STOPPED stays
         # held.
-        self.assertTrue(self.driver._pipeline.ledger.wait_until(
+        self.assertTrue(self.driver.event_path.wait_for_counts(
             lambda s: (s['received'], s['delivered'], s['failed'],
                        s['pending']) == (3, 1, 1, 1), WAIT))
         status_report.register(self.driver)
@@ -62,6 +64,43 @@ class ReportTest(test_driver.DriverTestCase):
         self.assertIn(UUID, section)
         self.assertIn('delivered in', section)
         self.assertIn('lifecycle-libvirt-loop', section)
+
+    def test_a_failing_libvirt_loop_is_reported(self):
+        logs = self.useFixture(fixtures.FakeLogger())
+        warned = threading.Event()
+        warning = lc_host.LOG.warning
+
+        def warn(*args, **kwargs):
+            warning(*args, **kwargs)
+            warned.set()
+
+        self.useFixture(fixtures.MockPatchObject(
+            lc_host.LOG, 'warning', side_effect=warn))
+        failed = []
+        run = fakelibvirt.virEventRunDefaultImpl
+
+        def failing_once():
+            if not failed:
+                failed.append(True)
+                raise fakelibvirt.make_libvirtError(
+                    fakelibvirt.libvirtError, 'poll failed',
+                    error_code=fakelibvirt.VIR_ERR_INTERNAL_ERROR)
+            return run()
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.virEventRunDefaultImpl',
+            failing_once))
+        # Written on the Host's connection-event thread, not libvirt's.
+        self.assertTrue(warned.wait(WAIT))
+        self.assertIn('libvirt event loop failed (1 time(s) in a row)',
+                      logs.output)
+        self.assertIn('poll failed', logs.output)
+        loop = status_report.status(self.driver)['libvirt event loop']
+        self.assertEqual(1, loop['failures'])
+        self.assertIn('poll failed', loop['last error'])
+        self.assertTrue(loop['running'])
+        text = gmr.TextGuruMeditation(version).run()
+        self.assertIn('poll failed', text[text.index(status_report.SECTION):])
 
     def test_log_line(self):
         logs = self.useFixture(fixtures.FakeLogger())

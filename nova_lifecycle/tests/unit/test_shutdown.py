@@ -17,11 +17,12 @@ import time
 import fixtures
 from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
+from nova.virt import event as virtevent
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import stop_waiters
 from nova_lifecycle.tests.unit import test_driver
-from nova_lifecycle.virt import shutdown
 
 WAIT = 10
 UUID = test_driver.UUID
@@ -121,7 +122,7 @@ class CleanShutdownTest(test_driver.DriverTestCase):
         # wake-up; a recheck would only have come after 30 s.
         self.assertEqual(2, self.reads)
         self.assertLess(elapsed, 30)
-        self.assertEqual(0, self.driver._stop_waiters.waiting())
+        self.assertEqual(0, self.driver.event_path.status().stop_waiters)
 
     def test_lost_event_is_caught_by_the_recheck(self):
         self.useFixture(fixtures.MonkeyPatch(
@@ -162,7 +163,7 @@ class CleanShutdownTest(test_driver.DriverTestCase):
         self.assertFalse(result)
         self.assertEqual(1, guest.presses)
         self.assertEqual(1, self.reads)
-        self.assertEqual(0, self.driver._stop_waiters.waiting())
+        self.assertEqual(0, self.driver.event_path.status().stop_waiters)
 
     def test_already_off(self):
         guest = self.guest()
@@ -206,24 +207,25 @@ class CleanShutdownTest(test_driver.DriverTestCase):
         self.driver.power_off(self.instance, timeout=0.2, retry_interval=0)
         destroy.assert_called_once_with(self.instance)
         # The power-off was an operation of the driver while it ran.
-        self.assertEqual([], self.driver._operations.active(UUID))
+        self.assertNotIn(UUID, self.driver.event_path.status().operations)
 
 
 class StopWaitersTest(test_driver.DriverTestCase):
 
     def test_only_stopped_events_of_the_instance_wake(self):
-        waiters = shutdown.StopWaiters()
-        mine = waiters.register(UUID)
-        other = waiters.register('other')
-        waiters.notify(libvirt_events.DomainLifecycleEvent(
-            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STARTED, libvirt_events.DOMAIN_EVENT_STARTED,
-            0))
-        self.assertFalse(mine.is_set())
-        waiters.notify(libvirt_events.DomainLifecycleEvent(
-            UUID, libvirt_events.virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED,
-            0))
-        self.assertTrue(mine.is_set())
-        self.assertFalse(other.is_set())
-        waiters.unregister(UUID, mine)
-        waiters.unregister('other', other)
+        def event(transition, libvirt_event):
+            return libvirt_events.DomainLifecycleEvent(
+                UUID, transition, libvirt_event, 0)
+
+        waiters = stop_waiters.StopWaiters()
+        with waiters.waiting_for(UUID) as mine, \
+                waiters.waiting_for('other') as other:
+            self.assertEqual(2, waiters.waiting())
+            waiters.notify(event(virtevent.EVENT_LIFECYCLE_STARTED,
+                                 libvirt_events.DOMAIN_EVENT_STARTED))
+            self.assertFalse(mine.is_set())
+            waiters.notify(event(virtevent.EVENT_LIFECYCLE_STOPPED,
+                                 libvirt_events.DOMAIN_EVENT_STOPPED))
+            self.assertTrue(mine.is_set())
+            self.assertFalse(other.is_set())
         self.assertEqual(0, waiters.waiting())

@@ -25,11 +25,13 @@ from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_lifecycle import conf
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import operations
 from nova_lifecycle.eventpath import policy
 from nova_lifecycle.tests import base
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.virt import driver as lc_driver
-from nova_lifecycle.virt import operations
+from nova_lifecycle.virt import tracked_methods
 
 WAIT = 10
 UUID = test_driver.UUID
@@ -103,22 +105,22 @@ class DriverOperationsTest(base.TestCase):
 
         class Base:
             def power_off(self, instance, timeout=0):
-                seen.append(self._operations.active(instance.uuid))
+                seen.append(self.event_path.active(instance.uuid))
 
             def reboot(self, context, instance, network_info, reboot_type):
-                seen.append(self._operations.active(instance.uuid))
+                seen.append(self.event_path.active(instance.uuid))
 
-        @operations.tracking_operations
+        @tracked_methods.tracking_operations
         class Driver(Base):
             def __init__(self):
-                self._operations = operations.DriverOperations()
+                self.event_path = operations.DriverOperations()  # has EventPath.track
 
         driver = Driver()
         driver.power_off(Instance(), timeout=3)
         driver.reboot(None, network_info=None, reboot_type='HARD',
                       instance=Instance())
         self.assertEqual([['power_off'], ['reboot']], seen)
-        self.assertEqual({}, driver._operations.busy())
+        self.assertEqual({}, driver.event_path.busy())
 
 
 class TrackedMethodsTest(base.TestCase):
@@ -142,14 +144,14 @@ class TrackedMethodsTest(base.TestCase):
         calls = []
 
         def patched(self, instance, timeout=0, retry_interval=0):
-            calls.append(self._operations.active(instance.uuid))
+            calls.append(self.event_path.active(instance.uuid))
             return 'patched'
 
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.driver.LibvirtDriver.power_off', patched))
         driver = lc_driver.LibvirtLifecycleDriver.__new__(
             lc_driver.LibvirtLifecycleDriver)
-        driver._operations = operations.DriverOperations()
+        driver.event_path = operations.DriverOperations()  # has EventPath.track
         self.assertEqual('patched', driver.power_off(Instance(), timeout=1))
         self.assertEqual([['power_off']], calls)
 
@@ -162,7 +164,8 @@ class TrackedMethodsTest(base.TestCase):
             def power_off(self, instance):
                 pass
 
-        self.assertRaises(TypeError, operations.tracking_operations, Driver)
+        self.assertRaises(TypeError, tracked_methods.tracking_operations,
+                          Driver)
 
     def test_stopping_methods_are_tracked_ones(self):
         self.assertLessEqual(operations.STOPPING_METHODS,
@@ -307,7 +310,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         self.conn = self.start_events()
         self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
         self.assertTrue(self.listener.wait_for(1))
-        self.ledger = self.driver._pipeline.ledger
+        self.ledger = lc_fixtures.PathCounts(self.driver.event_path)
 
     def set_state(self, state):
         # Under eventlet the connection hands out tpool proxies; the fake
@@ -333,7 +336,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
     def test_host_requested_shutdown_waits_the_full_delay(self):
         self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
         self.assertTrue(self.ledger.wait_received(2, WAIT))
-        (uuid, remaining), = self.driver._pipeline.held_stops()
+        (uuid, remaining), = self.driver.event_path.status().held
         self.assertEqual(UUID, uuid)
         self.assertGreater(remaining, 50)
 
@@ -355,10 +358,10 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         worker.start()
         self.assertTrue(inside.wait(WAIT))
         self.assertEqual(['power_off'],
-                         self.driver._operations.active(UUID))
+                         self.driver.event_path.status().operations.get(UUID, []))
         self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.assertTrue(self.ledger.wait_received(2, WAIT))
-        (uuid, remaining), = self.driver._pipeline.held_stops()
+        (uuid, remaining), = self.driver.event_path.status().held
         self.assertGreater(remaining, 50)
         release.set()
         worker.join(WAIT)
@@ -368,7 +371,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         self.assertEqual(2, self.ledger.snapshot()['delivered'])
 
     def test_stop_taken_in_after_its_operation_ended_gets_the_grace(self):
-        with self.driver._operations.track(UUID, 'destroy'):
+        with self.driver.event_path.track(UUID, 'destroy'):
             self.set_state(SHUTOFF)
         # The destroy's STOPPED reaches the event path only now.
         self.conn._emit_lifecycle(
@@ -381,7 +384,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         self.assertTrue(self.ledger.wait_settled(2, WAIT))
 
     def test_stop_dropped_when_the_domain_runs_again(self):
-        with self.driver._operations.track(UUID, 'reboot'):
+        with self.driver.event_path.track(UUID, 'reboot'):
             self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
             self.assertTrue(self.ledger.wait_received(2, WAIT))
             # The reboot brought it back without a STARTED event reaching
