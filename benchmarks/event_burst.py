@@ -22,11 +22,11 @@ The compute manager's handler sleeps ``--handler-ms`` (a slow database).
 
 Upstream: nova's ``Host`` in native-threading mode, whose event handler
 calls the manager's handler on the loop thread itself. Plugin:
-``virt.host.lifecycle_callback`` feeding the driver's pipeline with its default
-``[lifecycle] dispatch_workers``. Measured per event: time from the
-burst's arrival to the handler's start (p50, p99), and how long each
-callback held the loop thread (p99, max). Medians over the repeats; ratios are
-upstream / plugin.
+``virt.host.lifecycle_callback`` feeding an ``EventPath`` built as the
+driver builds it, with the default ``[lifecycle] dispatch_workers``.
+Measured per event: time from the burst's arrival to the handler's start
+(p50, p99), and how long each callback held the loop thread (p99, max).
+Medians over the repeats; ratios are upstream / plugin.
 """
 
 import argparse
@@ -45,11 +45,12 @@ from nova.virt.libvirt import host as nova_host  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
 from nova_lifecycle import conf  # noqa: E402,F401 ([lifecycle] options)
-from nova_lifecycle.virt import events  # noqa: E402
+from nova_lifecycle.eventpath import libvirt_events  # noqa: E402
+from nova_lifecycle.eventpath import path as event_path  # noqa: E402
 from nova_lifecycle.virt import host as lc_host  # noqa: E402
-from nova_lifecycle.virt import pipeline  # noqa: E402
 
-PAUSED, RESUMED = events.SUSPENDED, events.RESUMED
+PAUSED = libvirt_events.DOMAIN_EVENT_SUSPENDED
+RESUMED = libvirt_events.DOMAIN_EVENT_RESUMED
 
 
 class Dom:
@@ -148,13 +149,15 @@ def run_plugin(args, doms):
         sent.append(event)
         return handler(event)
 
-    p = pipeline.EventPipeline(
-        deliver, cfg.CONF.lifecycle.stopped_event_delay,
-        cfg.CONF.lifecycle.dispatch_workers, green=False)
-    p.start()
+    # No STOPPED in the burst: the domains' live state is never read.
+    path = event_path.EventPath(cfg.CONF.lifecycle, deliver,
+                                lambda uuid: None, green=False)
+    path.start()
 
     class Sink:
-        _queue_event = staticmethod(p.queue_event)
+        """Stands for the Host's event handler (virt/host.py)."""
+        translator = libvirt_events.EventTranslator()
+        _queue_event = staticmethod(path.queue)
 
     class Opaque:
         """Stands for the Host the callback gets as opaque."""
@@ -163,7 +166,7 @@ def run_plugin(args, doms):
     burst_start, held = fire(lc_host.lifecycle_callback,
                              Opaque, doms, args.events)
     handler.done.wait(600)
-    p.stop()
+    path.stop()
     return latencies(handler, sent, burst_start), held
 
 

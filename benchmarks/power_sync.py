@@ -88,7 +88,7 @@ class SyncBenchmark(test.TestCase):
         driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
         self.plugin = compute_manager.ComputeManager()
         self.plugin.driver = driver
-        driver._pipeline.start()
+        driver.event_path.start()
         driver._host.initialize()
         self.addCleanup(driver.cleanup_host, self.plugin.host)
         driver.register_event_listener(self.plugin.handle_events)

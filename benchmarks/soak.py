@@ -25,11 +25,11 @@ calls the plugin's lifecycle callback (``virt.host.lifecycle_callback``,
 the one libvirt calls) for one of ``--instances`` domains living a random life:
 paused and unpaused, hard-rebooted (STOPPED_DESTROYED then STARTED),
 powered off by the guest (SHUTDOWN_GUEST, STOPPED_SHUTDOWN) and started
-again, crashed. The events go through the plugin's ``EventPipeline`` with
-the driver's STOPPED policy (``[lifecycle]`` hold, grace and re-check
-against the domain's live state) and its ``dispatch_workers`` to a handler
-that takes a random ``--handler-ms-min`` to ``--handler-ms-max`` ms, as the
-compute manager's database work would.
+again, crashed. The events go through the plugin's ``EventPath``, built
+as the driver builds it (the ``[lifecycle]`` options: STOPPED hold, grace
+and re-check against the domain's live state, ``dispatch_workers``), to a
+handler that takes a random ``--handler-ms-min`` to ``--handler-ms-max``
+ms, as the compute manager's database work would.
 
 Every ``--interval`` seconds it prints: events sent (callbacks that are
 events), received, delivered, cancelled, failed, pending, STOPPED held, the
@@ -77,11 +77,12 @@ from oslo_config import cfg  # noqa: E402
 
 from nova_lifecycle import concurrency  # noqa: E402
 from nova_lifecycle import conf  # noqa: E402,F401 ([lifecycle] options)
-from nova_lifecycle.virt import events  # noqa: E402
+from nova_lifecycle.eventpath import holds  # noqa: E402
+from nova_lifecycle.eventpath import libvirt_events as events  # noqa: E402
+from nova_lifecycle.eventpath import operations  # noqa: E402
+from nova_lifecycle.eventpath import path as event_path  # noqa: E402
+from nova_lifecycle.eventpath import policy  # noqa: E402
 from nova_lifecycle.virt import host as lc_host  # noqa: E402
-from nova_lifecycle.virt import operations  # noqa: E402
-from nova_lifecycle.virt import pipeline  # noqa: E402
-from nova_lifecycle.virt import stopped  # noqa: E402
 
 # libvirt domain states the re-check reads.
 RUNNING, PAUSED, SHUTOFF = 1, 3, 5
@@ -100,6 +101,17 @@ def proc_status():
             fields[key] = value.split()
     return (int(fields['VmRSS'][0]) * 1024, int(fields['VmHWM'][0]) * 1024,
             int(fields['Threads'][0]))
+
+
+def identity(counts):
+    """received == delivered + cancelled + failed + pending."""
+    return counts['received'] == (counts['delivered'] + counts['cancelled'] +
+                                  counts['failed'] + counts['pending'])
+
+
+def balanced(counts):
+    """Every event received counted exactly once: no entry ended twice."""
+    return identity(counts) and not counts['double_ends']
 
 
 def percentile(values, fraction):
@@ -183,22 +195,27 @@ class Guests:
         state = self.state[domain.UUIDString()]
         roll = self.rng.random()
         if state == PAUSED:
-            steps = [(events.RESUMED, 0, RUNNING)]
+            steps = [(events.DOMAIN_EVENT_RESUMED, 0, RUNNING)]
         elif state == SHUTOFF:
-            steps = [(events.STARTED, 0, RUNNING)]
+            steps = [(events.DOMAIN_EVENT_STARTED, 0, RUNNING)]
         elif roll < 0.4:
-            steps = [(events.SUSPENDED, 0, PAUSED)]
+            steps = [(events.DOMAIN_EVENT_SUSPENDED, 0, PAUSED)]
         elif roll < 0.65:
             # Hard reboot: the STOPPED is held, the STARTED supersedes it.
-            steps = [(events.SHUTDOWN, events.SHUTDOWN_HOST, None),
-                     (events.STOPPED, events.STOPPED_DESTROYED, SHUTOFF),
-                     (events.STARTED, 0, RUNNING)]
+            steps = [(events.DOMAIN_EVENT_SHUTDOWN,
+                      events.DOMAIN_EVENT_SHUTDOWN_HOST, None),
+                     (events.DOMAIN_EVENT_STOPPED,
+                      events.DOMAIN_EVENT_STOPPED_DESTROYED, SHUTOFF),
+                     (events.DOMAIN_EVENT_STARTED, 0, RUNNING)]
         elif roll < 0.9:
             # The guest powers off: held for the grace, then delivered.
-            steps = [(events.SHUTDOWN, events.SHUTDOWN_GUEST, None),
-                     (events.STOPPED, events.STOPPED_SHUTDOWN, SHUTOFF)]
+            steps = [(events.DOMAIN_EVENT_SHUTDOWN,
+                      events.DOMAIN_EVENT_SHUTDOWN_GUEST, None),
+                     (events.DOMAIN_EVENT_STOPPED,
+                      events.DOMAIN_EVENT_STOPPED_SHUTDOWN, SHUTOFF)]
         else:
-            steps = [(events.STOPPED, events.STOPPED_CRASHED, SHUTOFF)]
+            steps = [(events.DOMAIN_EVENT_STOPPED,
+                      events.DOMAIN_EVENT_STOPPED_CRASHED, SHUTOFF)]
         self.script.extend((domain,) + step for step in steps)
 
 
@@ -215,14 +232,17 @@ class Soak:
         self.handler_rng = random.Random(args.seed + 1)
         self.guests = Guests(args.instances, random.Random(args.seed))
         lifecycle = cfg.CONF.lifecycle
-        self.policy = stopped.StoppedPolicy(
-            lifecycle, operations.DriverOperations(),
-            lambda uuid: self.guests.state.get(uuid))
-        self.pipeline = pipeline.EventPipeline(
-            self.deliver, lifecycle.stopped_event_delay,
-            lifecycle.dispatch_workers,
-            green=not concurrency.threading_mode(),
-            hold_for=self.hold_for, recheck=self.policy.recheck)
+        # The event path as the driver builds it: its STOPPED policy
+        # re-checks a held STOPPED against the guests' states.
+        self.path = event_path.EventPath(
+            lifecycle, self.deliver, self.guests.state.get,
+            green=not concurrency.threading_mode())
+        # Only to know how long the path held each STOPPED it delivers:
+        # the soak runs no driver operation, so the hold depends on the
+        # event and the options alone, as for this policy with none.
+        self.hold_policy = policy.StoppedPolicy(
+            lifecycle, operations.DriverOperations(), self.guests.state.get)
+        self.translator = events.EventTranslator()
         self.sent = 0
         self.callbacks = 0
         self.loop_error = None
@@ -233,16 +253,12 @@ class Soak:
 
     # The plugin's side
 
-    def hold_for(self, event):
-        hold = self.policy.hold_for(event)
-        event.soak_hold = hold
-        return hold
-
     def deliver(self, event):
         started = time.monotonic()
         waited = started - event.received_at
+        hold = (self.hold_policy.hold_for(event) if holds.is_stopped(event)
+                else None)
         with self.lock:
-            hold = getattr(event, 'soak_hold', None)
             if hold is None:
                 self.latencies.append(waited)
             else:
@@ -259,6 +275,8 @@ class Soak:
         native_time = concurrency.native_time()
 
         class Sink:
+            """Stands for the Host's event handler (virt/host.py)."""
+            translator = self.translator
             _queue_event = staticmethod(self.sink)
 
         class Opaque:
@@ -284,7 +302,7 @@ class Soak:
         if isinstance(item, events.DomainLifecycleEvent):
             self.sent += 1
             self.live.add(item)
-        self.pipeline.queue_event(item)
+        self.path.queue(item)
 
     # The run
 
@@ -325,7 +343,7 @@ class Soak:
         # What import and set-up made stays; the periodic collection only
         # walks what the run allocates.
         gc.freeze()
-        self.pipeline.start()
+        self.path.start()
         start = time.monotonic()
         self.loop.start()
         next_report = start + args.interval
@@ -334,10 +352,9 @@ class Soak:
             now = time.monotonic()
             rss, peak, threads = proc_status()
             max_threads = max(max_threads, threads)
-            stats = self.pipeline.stats()
-            if stats['received'] != (stats['delivered'] +
-                                     stats['cancelled'] + stats['failed'] +
-                                     stats['pending']):
+            status = self.path.status()
+            stats = status.counts
+            if not identity(stats):
                 broken.append((now - start, stats))
             live = None
             if len(samples) % LIVE_EVERY == 0:
@@ -356,7 +373,7 @@ class Soak:
                           now - start, self.sent, stats['received'],
                           stats['delivered'], stats['cancelled'],
                           stats['failed'], stats['pending'],
-                          stats['held_stopped'], stats['dispatch_queue'],
+                          len(status.held), status.dispatch_queue,
                           '%.1f/%.1f/%.1f' % tuple(
                               1000 * x for x in (
                                   percentile(lat, 0.5),
@@ -374,7 +391,7 @@ class Soak:
                 break
         self.stop_loop.set()
         self.loop.join(10)
-        self.pipeline.stop()
+        self.path.stop()
         self.take_interval()
         return self.verdict(samples, broken, max_threads, thread_bound,
                             gc_pauses)
@@ -382,7 +399,7 @@ class Soak:
     def verdict(self, samples, broken, max_threads, thread_bound,
                 gc_pauses):
         args = self.args
-        stats = self.pipeline.stats()
+        stats = self.path.status().counts
         failures = []
         print()
         print('totals: %d callbacks, %d events sent, %d received, %d '
@@ -407,7 +424,7 @@ class Soak:
             failures.append('identity broke at %d samples, first at %.0fs: '
                             '%s' % (len(broken), broken[0][0], broken[0][1]))
         if stats['pending'] or stats['received'] != self.sent or not (
-                self.pipeline.ledger.balanced()):
+                balanced(stats)):
             failures.append('identity after the stop: %d sent, %s'
                             % (self.sent, stats))
 
