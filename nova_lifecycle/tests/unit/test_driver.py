@@ -197,7 +197,8 @@ class EventPathTest(DriverTestCase):
             [e.transition for e in self.listener.events])
         self.assertTrue(lc_fixtures.wait_settled(driver.event_path, 4, WAIT))
         self.assertEqual({'superseded by Resumed': 1},
-                         driver.event_path.status().counts['cancelled_by_reason'])
+                         driver.event_path.status().counts[
+                             'cancelled_by_reason'])
 
     def test_unregistered_listener_events_are_counted_not_lost(self):
         conn = self.start_events()
@@ -209,7 +210,8 @@ class EventPathTest(DriverTestCase):
         self.assertTrue(counts.wait_settled(counts.received, WAIT))
         self.assertEqual([], self.listener.events)
         self.assertIn('no listener',
-                      self.driver.event_path.status().counts['cancelled_by_reason'])
+                      self.driver.event_path.status().counts[
+                          'cancelled_by_reason'])
 
     def test_queue_event_accepts_events_from_any_thread(self):
         self.driver.register_event_listener(self.listener)

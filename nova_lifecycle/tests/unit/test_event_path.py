@@ -319,7 +319,8 @@ class BadInputTest(EventPathTestCase):
     def test_event_without_uuid_fails_with_a_warning(self):
         p = self.make()
         p.queue(libvirt_events.DomainLifecycleEvent(
-            None, None, libvirt_events.DOMAIN_EVENT_STOPPED, 0, error='cannot read domain UUID'))
+            None, None, libvirt_events.DOMAIN_EVENT_STOPPED, 0,
+            error='cannot read domain UUID'))
         stats = self.wait_ended(p, 1)
         self.assertEqual({'BadLifecycleEvent': 1}, stats['failed_by_error'])
         self.assertIn('cannot read domain UUID', self.logs.output)

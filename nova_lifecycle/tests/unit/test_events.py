@@ -35,47 +35,27 @@ class Dom:
         return self._uuid
 
 
+# libvirt's event types, by their names in libvirt_events.
+STARTED = libvirt_events.DOMAIN_EVENT_STARTED
+SUSPENDED = libvirt_events.DOMAIN_EVENT_SUSPENDED
+RESUMED = libvirt_events.DOMAIN_EVENT_RESUMED
+STOPPED = libvirt_events.DOMAIN_EVENT_STOPPED
+
 # (libvirt event, detail) -> Nova transition, as upstream Nova maps them.
 TRANSITIONS = [
-    (
-        libvirt_events.DOMAIN_EVENT_STARTED, 0,
-        virtevent.EVENT_LIFECYCLE_STARTED),
-    (
-        libvirt_events.DOMAIN_EVENT_STARTED, 1,
-        virtevent.EVENT_LIFECYCLE_STARTED),
-    (
-        libvirt_events.DOMAIN_EVENT_STARTED, 2,
-        virtevent.EVENT_LIFECYCLE_STARTED),
-    (
-        libvirt_events.DOMAIN_EVENT_SUSPENDED, 0,
-        virtevent.EVENT_LIFECYCLE_PAUSED),
-    (
-        libvirt_events.DOMAIN_EVENT_SUSPENDED, 2,
-        virtevent.EVENT_LIFECYCLE_PAUSED),
-    (
-        libvirt_events.DOMAIN_EVENT_SUSPENDED, 7,
-        virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
-    (
-        libvirt_events.DOMAIN_EVENT_RESUMED, 0,
-        virtevent.EVENT_LIFECYCLE_RESUMED),
-    (
-        libvirt_events.DOMAIN_EVENT_RESUMED, 1,
-        virtevent.EVENT_LIFECYCLE_RESUMED),
-    (
-        libvirt_events.DOMAIN_EVENT_STOPPED, 0,
-        virtevent.EVENT_LIFECYCLE_STOPPED),
-    (
-        libvirt_events.DOMAIN_EVENT_STOPPED, 1,
-        virtevent.EVENT_LIFECYCLE_STOPPED),
-    (
-        libvirt_events.DOMAIN_EVENT_STOPPED, 2,
-        virtevent.EVENT_LIFECYCLE_STOPPED),
-    (
-        libvirt_events.DOMAIN_EVENT_STOPPED, 3,
-        virtevent.EVENT_LIFECYCLE_STOPPED),
-    (
-        libvirt_events.DOMAIN_EVENT_STOPPED, 5,
-        virtevent.EVENT_LIFECYCLE_STOPPED),
+    (STARTED, 0, virtevent.EVENT_LIFECYCLE_STARTED),
+    (STARTED, 1, virtevent.EVENT_LIFECYCLE_STARTED),
+    (STARTED, 2, virtevent.EVENT_LIFECYCLE_STARTED),
+    (SUSPENDED, 0, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (SUSPENDED, 2, virtevent.EVENT_LIFECYCLE_PAUSED),
+    (SUSPENDED, 7, virtevent.EVENT_LIFECYCLE_POSTCOPY_STARTED),
+    (RESUMED, 0, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (RESUMED, 1, virtevent.EVENT_LIFECYCLE_RESUMED),
+    (STOPPED, 0, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (STOPPED, 1, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (STOPPED, 2, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (STOPPED, 3, virtevent.EVENT_LIFECYCLE_STOPPED),
+    (STOPPED, 5, virtevent.EVENT_LIFECYCLE_STOPPED),
 ]
 
 
@@ -98,16 +78,16 @@ class TranslateTest(test.NoDBTestCase):
         for detail, name in [(0, 'STOPPED_SHUTDOWN'),
                              (1, 'STOPPED_DESTROYED'),
                              (2, 'STOPPED_CRASHED')]:
-            event = libvirt_events.translate(Dom(
-                ), libvirt_events.DOMAIN_EVENT_STOPPED, detail)
+            event = libvirt_events.translate(
+                Dom(), libvirt_events.DOMAIN_EVENT_STOPPED, detail)
             self.assertEqual(name, event.detail_name)
             self.assertIn(name, str(event))
 
     def test_types_nova_does_not_act_on_are_dropped(self):
         # DEFINED, UNDEFINED, PMSUSPENDED, CRASHED
         for libvirt_event in (0, 1, 7, 8):
-            self.assertIsNone(libvirt_events.translate(Dom(
-                ), libvirt_event, 0))
+            self.assertIsNone(libvirt_events.translate(
+                Dom(), libvirt_event, 0))
 
     def test_translator_puts_who_asked_on_the_stopped(self):
         translator = libvirt_events.EventTranslator()
@@ -169,8 +149,8 @@ class TranslateTest(test.NoDBTestCase):
         self.assertFalse(event.is_known)
 
     def test_unknown_detail_keeps_the_transition(self):
-        event = libvirt_events.translate(Dom(
-            ), libvirt_events.DOMAIN_EVENT_STOPPED, 99)
+        event = libvirt_events.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_STOPPED, 99)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED, event.transition)
         self.assertFalse(event.is_known)
         self.assertEqual('STOPPED_UNKNOWN(99)', event.detail_name)
@@ -179,8 +159,8 @@ class TranslateTest(test.NoDBTestCase):
         error = fakelibvirt.make_libvirtError(
             fakelibvirt.libvirtError, 'Domain not found',
             error_code=fakelibvirt.VIR_ERR_NO_DOMAIN)
-        event = libvirt_events.translate(Dom(
-            error=error), libvirt_events.DOMAIN_EVENT_STOPPED, 0)
+        event = libvirt_events.translate(
+            Dom(error=error), libvirt_events.DOMAIN_EVENT_STOPPED, 0)
         self.assertIsNone(event.uuid)
         self.assertIn('Domain not found', event.error)
 
@@ -188,9 +168,9 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             return_value=type('JobInfo', (), {'type': job_type})()))
-        return libvirt_events.translate(Dom(
-            ), libvirt_events.DOMAIN_EVENT_SUSPENDED,
-                                libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        return libvirt_events.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_SUSPENDED,
+            libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
 
     def test_suspended_migrated_with_completed_job(self):
         event = self._migrated(fakelibvirt.VIR_DOMAIN_JOB_COMPLETED)
@@ -205,9 +185,9 @@ class TranslateTest(test.NoDBTestCase):
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.guest.Guest.get_job_info',
             side_effect=fakelibvirt.libvirtError('connection lost')))
-        event = libvirt_events.translate(Dom(
-            ), libvirt_events.DOMAIN_EVENT_SUSPENDED,
-                                 libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
+        event = libvirt_events.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_SUSPENDED,
+            libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED)
         self.assertEqual(virtevent.EVENT_LIFECYCLE_PAUSED, event.transition)
         self.assertIn('connection lost', event.error)
         self.assertEqual(UUID, event.uuid)
@@ -215,7 +195,7 @@ class TranslateTest(test.NoDBTestCase):
     def test_received_at_is_monotonic_time(self):
         import time
         before = time.monotonic()
-        event = libvirt_events.translate(Dom(
-            ), libvirt_events.DOMAIN_EVENT_STARTED, 0)
+        event = libvirt_events.translate(
+            Dom(), libvirt_events.DOMAIN_EVENT_STARTED, 0)
         self.assertGreaterEqual(event.received_at, before)
         self.assertLessEqual(event.received_at, time.monotonic())

@@ -92,7 +92,8 @@ class TestDriverEventPathTest(test.NoDBTestCase):
             [virtevent.EVENT_LIFECYCLE_STARTED] * 2,
             [e.transition for e in self.listener.events])
         self.assertEqual({'superseded by Started': 1},
-                         self.driver.event_path.status().counts['cancelled_by_reason'])
+                         self.driver.event_path.status().counts[
+                             'cancelled_by_reason'])
 
     def test_blocked_listener_does_not_block_the_libvirt_loop(self):
         self.listener.gate.clear()

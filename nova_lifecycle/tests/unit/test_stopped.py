@@ -113,7 +113,8 @@ class DriverOperationsTest(base.TestCase):
         @tracked_methods.tracking_operations
         class Driver(Base):
             def __init__(self):
-                self.event_path = operations.DriverOperations()  # has EventPath.track
+                # DriverOperations has the EventPath's track().
+                self.event_path = operations.DriverOperations()
 
         driver = Driver()
         driver.power_off(Instance(), timeout=3)
@@ -151,7 +152,7 @@ class TrackedMethodsTest(base.TestCase):
             'nova.virt.libvirt.driver.LibvirtDriver.power_off', patched))
         driver = lc_driver.LibvirtLifecycleDriver.__new__(
             lc_driver.LibvirtLifecycleDriver)
-        driver.event_path = operations.DriverOperations()  # has EventPath.track
+        driver.event_path = operations.DriverOperations()
         self.assertEqual('patched', driver.power_off(Instance(), timeout=1))
         self.assertEqual([['power_off']], calls)
 
@@ -174,7 +175,8 @@ class TrackedMethodsTest(base.TestCase):
 
 def stopped_event(detail, shutdown_detail=None, uuid=UUID):
     event = libvirt_events.DomainLifecycleEvent(
-        uuid, virtevent.EVENT_LIFECYCLE_STOPPED, libvirt_events.DOMAIN_EVENT_STOPPED, detail)
+        uuid, virtevent.EVENT_LIFECYCLE_STOPPED,
+        libvirt_events.DOMAIN_EVENT_STOPPED, detail)
     event.shutdown_detail = shutdown_detail
     return event
 
@@ -188,7 +190,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         self.ops = operations.DriverOperations()
         self.live = {}
         self.policy = policy.StoppedPolicy(conf.CONF.lifecycle, self.ops,
-                                            self.live_state)
+                                           self.live_state)
 
     def live_state(self, uuid):
         state = self.live.get(uuid)
@@ -200,7 +202,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         S, G, H = (
             libvirt_events.DOMAIN_EVENT_SHUTDOWN_FINISHED,
             libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
-                   libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
         IDLE, DURING, AFTER = 'no operation', 'during', 'just after'
         # (STOPPED detail, SHUTDOWN detail before it, driver operation)
         #   -> seconds held
@@ -226,7 +228,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         for detail, shutdown_detail, operation, expected in table:
             ops = operations.DriverOperations()
             table_policy = policy.StoppedPolicy(conf.CONF.lifecycle, ops,
-                                           self.live_state)
+                                                self.live_state)
             event = stopped_event(detail, shutdown_detail)
             if operation == DURING:
                 with ops.track(UUID, 'reboot'):
@@ -245,7 +247,7 @@ class StoppedPolicyTest(test.NoDBTestCase):
         now = [50.0]
         self.ops = operations.DriverOperations(clock=lambda: now[0])
         self.policy = policy.StoppedPolicy(conf.CONF.lifecycle, self.ops,
-                                            self.live_state)
+                                           self.live_state)
         event = stopped_event(libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertEqual(15, self.policy.hold_for(event))
         with self.ops.track(UUID, 'destroy'):
@@ -323,7 +325,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
             self.dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
         self.conn._emit_lifecycle(
             self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def test_guest_powering_itself_off_is_delivered_after_the_grace(self):
         self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
@@ -358,7 +360,8 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         worker.start()
         self.assertTrue(inside.wait(WAIT))
         self.assertEqual(['power_off'],
-                         self.driver.event_path.status().operations.get(UUID, []))
+                         self.driver.event_path.status().operations.get(
+                             UUID, []))
         self.guest_stops(libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.assertTrue(self.ledger.wait_received(2, WAIT))
         (uuid, remaining), = self.driver.event_path.status().held
@@ -376,7 +379,7 @@ class DriverStoppedTest(test_driver.DriverTestCase):
         # The destroy's STOPPED reaches the event path only now.
         self.conn._emit_lifecycle(
             self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
-                                  libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         # Delay 60 s, grace 0.05 s: delivered well within WAIT.
         self.assertTrue(self.listener.wait_for(2))
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STOPPED,
