@@ -159,10 +159,11 @@ class KeyedDispatcher(object):
         with self._lock:
             return len(self._queues)
 
-    def shutdown(self, wait=True, cancel_pending=False):
+    def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop accepting work; optionally cancel the queue and/or wait.
 
-        With cancel_pending, items queued but not started are cancelled
+        As ``concurrent.futures.Executor.shutdown``. With cancel_futures,
+        items queued but not started are cancelled
         first; their futures are returned (in submission order per key) so
         the owner can log them. Items already running always finish.
         With wait, return once every accepted item finished (ran, failed
@@ -172,7 +173,7 @@ class KeyedDispatcher(object):
         with self._lock:
             self._shutdown = True
             taken = []
-            if cancel_pending:
+            if cancel_futures:
                 for queue in self._queues.values():
                     taken.extend(queue)
                     queue.clear()

@@ -71,6 +71,7 @@ class PathStatus:
     counts: dict
     held: list
     dispatch_queue: int
+    dispatching: int
     operations: dict
     stop_waiters: int
     threads: list
@@ -165,6 +166,7 @@ class EventPath:
             counts=self._ledger.snapshot(),
             held=self._holds.held(),
             dispatch_queue=self._dispatcher.pending_count(),
+            dispatching=self._dispatcher.busy_keys(),
             operations=self._operations.busy(),
             stop_waiters=self._stop_waiters.waiting(),
             threads=self.threads_alive())

@@ -50,6 +50,7 @@ def status(driver):
             uuid: 'delivered in %.1fs unless superseded' % remaining
             for uuid, remaining in path.held},
         'dispatch queue': path.dispatch_queue,
+        'instances being dispatched': path.dispatching,
         'driver operations': path.operations,
         'power-offs waiting for STOPPED': path.stop_waiters,
         'libvirt event loop': driver.event_handler.status(),

@@ -532,7 +532,7 @@ class TestShutdown(DispatcherTestCase):
         self.assertEqual(['a1', 'a2', 'b2'], [f.result() for f in futures])
         self.assertEqual(0, dispatcher.busy_keys())
 
-    def test_shutdown_cancel_pending_returns_cancelled_futures(self):
+    def test_shutdown_cancel_futures_returns_cancelled_futures(self):
         dispatcher, _ = self.make_dispatcher(workers=1)
         started, gate = self.event(), self.event()
         f1 = dispatcher.submit('a', self.blocker('a1', started, gate))
@@ -542,7 +542,7 @@ class TestShutdown(DispatcherTestCase):
         self.assertTrue(by_caller.cancel())
         queued.append(dispatcher.submit('c', self.record, 'c'))
         # The gate is closed: waiting here would hang.
-        cancelled = dispatcher.shutdown(wait=False, cancel_pending=True)
+        cancelled = dispatcher.shutdown(wait=False, cancel_futures=True)
         self.assertEqual(queued, cancelled)
         self.assertTrue(all(f.cancelled() for f in queued))
         self.assertTrue(f1.running())
@@ -550,11 +550,11 @@ class TestShutdown(DispatcherTestCase):
         gate.set()
         self.assertEqual('a1', f1.result(WAIT))
         self.assertEqual([], dispatcher.shutdown(wait=True,
-                                                 cancel_pending=True))
+                                                 cancel_futures=True))
         self.assertEqual(['a1'], self.record.calls)
         self.assertEqual(0, dispatcher.busy_keys())
 
-    def test_shutdown_wait_and_cancel_pending_lets_running_finish(self):
+    def test_shutdown_wait_and_cancel_futures_lets_running_finish(self):
         dispatcher, _ = self.make_dispatcher(workers=1)
         started, gate = self.event(), self.event()
         f1 = dispatcher.submit('a', self.blocker('a1', started, gate))
@@ -567,7 +567,7 @@ class TestShutdown(DispatcherTestCase):
 
         def stop():
             result.extend(dispatcher.shutdown(wait=True,
-                                              cancel_pending=True))
+                                              cancel_futures=True))
             result.append(f1.done())
 
         thread = threading.Thread(target=stop)
@@ -600,7 +600,7 @@ class TestShutdown(DispatcherTestCase):
         dispatcher, _ = self.make_dispatcher()
         self.assertEqual([], dispatcher.shutdown())
         self.assertEqual([], dispatcher.shutdown(wait=True,
-                                                 cancel_pending=True))
+                                                 cancel_futures=True))
         self.assertEqual([], dispatcher.shutdown(wait=False))
         self.assertRaises(RuntimeError, dispatcher.submit, 'a', len, 'x')
 
