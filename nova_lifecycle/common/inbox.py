@@ -65,7 +65,6 @@ class GreenPipeInbox:
     """
 
     def __init__(self, handler, name):
-        from eventlet import greenio
         from eventlet import patcher
         self._handler = handler
         self._name = name
@@ -78,15 +77,26 @@ class GreenPipeInbox:
         # once (at most one byte is ever unread), so it may run under the
         # native lock, on any thread.
         self._write = patcher.original('os').write
-        read_fd, self._write_fd = os.pipe()
-        self._reader = greenio.GreenPipe(read_fd, 'rb', 0)
+        # start() opens the pipe: an inbox never started holds no file
+        # descriptor.
+        self._write_fd = None
+        self._reader = None
         self._thread = None
         self._stopped = False
 
     def start(self):
+        from eventlet import greenio
         import threading  # green under eventlet
-        self._thread = threading.Thread(target=self._run, name=self._name,
-                                        daemon=True)
+        with self._signal_lock:
+            if self._stopped or self._thread is not None:
+                return
+            read_fd, self._write_fd = os.pipe()
+            self._reader = greenio.GreenPipe(read_fd, 'rb', 0)
+            # What was put before the start is handled now.
+            self._signalled = True
+            self._write(self._write_fd, b'.')
+            self._thread = threading.Thread(
+                target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def put(self, item):
@@ -96,7 +106,7 @@ class GreenPipeInbox:
             if self._stopped:
                 raise RuntimeError('%s is stopped' % self._name)
             self._items.put(item)
-            if self._signalled:
+            if self._signalled or self._write_fd is None:
                 return
             self._signalled = True
             self._write(self._write_fd, b'.')
@@ -120,8 +130,9 @@ class GreenPipeInbox:
             self._stopped = True
         while not self._handle_queued():
             pass
-        self._reader.close()
-        os.close(self._write_fd)
+        if self._reader is not None:
+            self._reader.close()
+            os.close(self._write_fd)
         return True
 
     def is_alive(self):
