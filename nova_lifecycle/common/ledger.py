@@ -34,10 +34,6 @@ class Entry:
         self._ledger = ledger
         self._open = True
 
-    @property
-    def is_open(self):
-        return self._open
-
     def deliver(self):
         """The event reached its handler. False if it had already ended."""
         return self._ledger._end(self, 'delivered', None)
@@ -103,12 +99,6 @@ class EventLedger:
             'failed_by_error': dict(self._failed),
             'double_ends': self._double_ends,
         }
-
-    def balanced(self):
-        """True when every received event is counted exactly once."""
-        s = self.snapshot()
-        return not s['double_ends'] and s['received'] == (
-            s['delivered'] + s['cancelled'] + s['failed'] + s['pending'])
 
     def wait_until(self, predicate, timeout=None):
         """Wait until ``predicate(snapshot)`` holds; True if it did.
