@@ -190,7 +190,10 @@ class EventTranslator:
             self._note_shutdown(dom, detail)
             return None
         event = translate(dom, event_type, detail)
-        if event is not None and event.uuid is not None:
+        if (event is not None and event.uuid is not None and
+                event.transition is not None):
+            # An event Nova has no transition for is dropped further on;
+            # the note waits for the next one that counts.
             event.shutdown_detail = self._notes.pop(event.uuid, None)
         return event
 

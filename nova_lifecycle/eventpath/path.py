@@ -30,6 +30,7 @@ with the error); :meth:`status` is what reports and tests read.
 
 import dataclasses
 import functools
+import time
 
 from nova.virt import event as virtevent
 from oslo_log import log as logging
@@ -49,6 +50,10 @@ LOG = logging.getLogger(__name__)
 REASON_SHUTDOWN = holds.REASON_SHUTDOWN
 REASON_NO_LISTENER = 'no listener'
 REASON_NO_TRANSITION = 'no Nova transition'
+# Most instances named in the log for events that came after stop().
+MAX_LATE_LOGGED = 100
+# How often a waiter looks at the counts once late events may come.
+LATE_RECHECK = 0.05
 
 
 class BadLifecycleEvent(Exception):
@@ -112,6 +117,13 @@ class EventPath:
         self._reported = set()
         self._started = False
         self._stopped = False
+        self._green = green
+        # Events queued after stop() under eventlet, where the caller may
+        # be libvirt's native thread: kept with a native lock only, counted
+        # in status() and logged from there.
+        self._late_lock = concurrency.native_threading().Lock()
+        self._late_count = 0
+        self._late_unlogged = []
 
     # The driver's side
 
@@ -132,7 +144,15 @@ class EventPath:
                 return
             except RuntimeError:
                 pass  # Only a stopped inbox refuses.
-        self._drop_at_shutdown(event, self._ledger.open())
+        if not self._green:
+            self._drop_at_shutdown(event, self._ledger.open())
+            return
+        # No logging and no green lock on a native thread.
+        with self._late_lock:
+            self._late_count += 1
+            if len(self._late_unlogged) < MAX_LATE_LOGGED:
+                self._late_unlogged.append(
+                    (str(event), getattr(event, 'uuid', None)))
 
     def track(self, uuid, operation):
         """Context manager: a driver ``operation`` on ``uuid`` runs."""
@@ -163,7 +183,7 @@ class EventPath:
     def status(self):
         """A :class:`PathStatus` of this moment."""
         return PathStatus(
-            counts=self._ledger.snapshot(),
+            counts=self._counts(),
             held=self._holds.held(),
             dispatch_queue=self._dispatcher.pending_count(),
             dispatching=self._dispatcher.busy_keys(),
@@ -171,13 +191,42 @@ class EventPath:
             stop_waiters=self._stop_waiters.waiting(),
             threads=self.threads_alive())
 
+    def _counts(self):
+        counts = self._with_late(self._ledger.snapshot())
+        with self._late_lock:
+            unlogged, self._late_unlogged = self._late_unlogged, []
+        for event, uuid in unlogged:
+            self._log_dropped_at_shutdown(event, uuid)
+        return counts
+
+    def _with_late(self, counts):
+        with self._late_lock:
+            late = self._late_count
+        if late:
+            counts['received'] += late
+            counts['cancelled'] += late
+            reasons = counts['cancelled_by_reason']
+            reasons[REASON_SHUTDOWN] = reasons.get(REASON_SHUTDOWN, 0) + late
+        return counts
+
     def wait_for_counts(self, predicate, timeout=None):
         """Wait until ``predicate(status().counts)`` holds; True if it did.
 
         For observers that follow the path without polling (tests, the
         main job, benchmarks).
         """
-        return self._ledger.wait_until(predicate, timeout)
+        def holds(snapshot):
+            return predicate(self._with_late(snapshot))
+
+        if not (self._green and self._stopped):
+            return self._ledger.wait_until(holds, timeout)
+        # Late events come from native threads, which cannot wake a green
+        # waiter: look again at short intervals.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ledger.wait_until(holds, LATE_RECHECK):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def threads_alive(self):
         """Names of the path's threads still running."""
@@ -210,9 +259,13 @@ class EventPath:
         self._holds.admit(event, entry, self._policy.hold_for)
 
     def _drop_at_shutdown(self, event, entry):
-        LOG.info('Event %s for instance %s arrived during shutdown; '
-                 'dropped.', event, getattr(event, 'uuid', None))
+        self._log_dropped_at_shutdown(event, getattr(event, 'uuid', None))
         entry.cancel(REASON_SHUTDOWN)
+
+    @staticmethod
+    def _log_dropped_at_shutdown(event, uuid):
+        LOG.info('Event %s for instance %s arrived during shutdown; '
+                 'dropped.', event, uuid)
 
     def _log_once(self, key, level, msg, *args):
         if key not in self._reported:

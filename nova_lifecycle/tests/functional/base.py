@@ -139,8 +139,9 @@ class RealisticDomainEvents(fixtures.Fixture):
             if dom._state == RUNNING:
                 dom._connection._emit_lifecycle(
                     dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
-            dom._lifecycle_stopped_detail = libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED
+                    libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
+            dom._lifecycle_stopped_detail = (
+                libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
             try:
                 return destroy(dom)
             finally:
@@ -154,7 +155,7 @@ class RealisticDomainEvents(fixtures.Fixture):
             if dom._state == RUNNING:
                 dom._connection._emit_lifecycle(
                     dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                                libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+                    libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
             return shutdown(dom)
         return wrapper
 
@@ -288,37 +289,46 @@ def harness_supports_threading():
     return hasattr(nova_fixtures, 'DatabaseWriteLock')
 
 
+def lifecycle_counts(driver):
+    """The driver's event ledger (``event_path.status().counts``)."""
+    return driver.event_path.status().counts
+
+
 class QueuedEvents(fixtures.Fixture):
-    """Records what libvirt's callbacks hand to the driver's pipeline.
+    """Records what libvirt's lifecycle callbacks hand to the driver.
 
     Each item is (instance UUID, libvirt event and detail name, e.g.
-    ``STOPPED_DESTROYED``); the pipeline still gets every item.
+    ``STOPPED_DESTROYED`` or ``SHUTDOWN_GUEST``), in the order libvirt's
+    callback translated them: the driver's event translator
+    (``event_handler.translator``) is wrapped, so a SHUTDOWN, which it keeps
+    for the domain's next event instead of queueing it, is recorded as
+    well; the driver still gets every event.
     """
 
     def __init__(self, driver):
         super().__init__()
-        self._pipeline = driver._pipeline
+        self._translator = driver.event_handler.translator
 
     def _setUp(self):
         self._lock = threading.Lock()
         self.items = []
-        queue_event = self._pipeline.queue_event
+        translate = self._translator.translate
 
-        def recording(item):
-            name = None
-            if isinstance(item, libvirt_events.ShutdownNotice):
-                name = libvirt_events.event_name(
-                    libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                         item.libvirt_detail)
-            elif isinstance(item, libvirt_events.DomainLifecycleEvent):
-                name = item.detail_name
-            if name is not None:
+        def recording(dom, event_type, detail):
+            item = None
+            if event_type == libvirt_events.DOMAIN_EVENT_SHUTDOWN:
+                item = (dom.UUIDString(), libvirt_events.event_name(
+                    libvirt_events.DOMAIN_EVENT_SHUTDOWN, detail))
+            event = translate(dom, event_type, detail)
+            if isinstance(event, libvirt_events.DomainLifecycleEvent):
+                item = (event.uuid, event.detail_name)
+            if item is not None:
                 with self._lock:
-                    self.items.append((item.uuid, name))
-            return queue_event(item)
+                    self.items.append(item)
+            return event
 
-        self._pipeline.queue_event = recording
-        self.addCleanup(delattr, self._pipeline, 'queue_event')
+        self._translator.translate = recording
+        self.addCleanup(delattr, self._translator, 'translate')
 
     def of(self, server):
         """libvirt event names queued for ``server`` so far, in order."""
@@ -410,7 +420,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         host._connect = lambda uri, read_only: connection
         host.get_connection = types.MethodType(_REAL_GET_CONNECTION, host)
         self.assertIs(connection, host.get_connection())
-        self.assertIn(fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE,
+        self.assertIn(fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                       connection._event_callbacks)
         return connection
 
@@ -439,7 +449,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     def _stop_compute_and_check(self, service):
         compute = self.lifecycle_computes.pop(service.host)
         driver = compute.driver
-        stats = driver._lifecycle_stats()
+        stats = lifecycle_counts(driver)
         self.assert_ledger_balanced(stats)
         self.assertEqual({}, stats['failed_by_error'], stats)
         service.stop()
@@ -452,7 +462,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         if not self.lifecycle_computes:
             self.assertEqual([], self._new_plugin_threads(),
                              'plugin threads left after cleanup_host')
-        self.assert_ledger_balanced(driver._lifecycle_stats())
+        self.assert_ledger_balanced(lifecycle_counts(driver))
         self.assertIsNone(driver._compute_event_callback)
 
     def _new_plugin_threads(self):
@@ -462,7 +472,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
     # The plugin's ledger
 
     def lifecycle_stats(self):
-        return self.driver._lifecycle_stats()
+        return lifecycle_counts(self.driver)
 
     def assert_ledger_balanced(self, stats=None):
         stats = stats or self.lifecycle_stats()
@@ -470,6 +480,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
             stats['received'],
             stats['delivered'] + stats['cancelled'] + stats['failed'] +
             stats['pending'], stats)
+        self.assertEqual(0, stats['double_ends'], stats)
 
     def stopped_cancelled(self, stats=None):
         """STOPPED events that a later event or the re-check cancelled."""
@@ -480,7 +491,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
 
     def wait_for_stats(self, predicate, what):
         """Wait until ``predicate(stats)``; fail naming ``what``."""
-        ok = wait_until(lambda: predicate(self.lifecycle_stats()))
+        ok = self.driver.event_path.wait_for_counts(predicate, WAIT)
         if not ok:
             self.fail('timed out waiting for %s; ledger: %s'
                       % (what, self.lifecycle_stats()))
@@ -495,9 +506,9 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         return self.connection.lookupByUUIDString(server['id'])
 
     def guest_stops(
-        self, server,
-        stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN,
-                    shutdown_detail=libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST):
+            self, server,
+            stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN,
+            shutdown_detail=libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST):
         """The guest stops by itself, and libvirt says so.
 
         By default it powers itself off: SHUTDOWN_GUEST, then
@@ -508,8 +519,7 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         self.assertEqual(RUNNING, dom._state)
         if shutdown_detail is not None:
             self.connection._emit_lifecycle(
-                dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                            shutdown_detail)
+                dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
         dom._state = SHUTOFF
         dom._lifecycle_stopped_detail = stopped_detail
         try:
@@ -528,10 +538,10 @@ class LifecycleTestBase(libvirt_base.ServersTestBase):
         self.assertEqual(RUNNING, dom._state)
         self.connection._emit_lifecycle(
             dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                        libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         self.connection._emit_lifecycle(
             dom, libvirt_events.DOMAIN_EVENT_STOPPED,
-                                        libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
 
     def power_off_silently(self, server):
         """The domain stops and libvirt's events about it are lost."""

@@ -15,11 +15,12 @@
 What the scenarios of ``test_operations.py`` (one compute) and
 ``test_migrations.py`` (two computes) share:
 
-* :class:`StoppedFates` records, per compute, each STOPPED event as it is
-  held (with the driver operations in progress then, and for how long) and
-  as it is delivered to the compute manager (with the domain's state right
-  before), so a scenario can show that a STOPPED held during an operation
-  was cancelled, or re-checked and delivered only for a domain that is off.
+* :class:`StoppedFates` (through :class:`FollowStoppedEvents`) records,
+  per compute, each STOPPED event as it is held (with the driver
+  operations in progress then, and for how long) and as it is delivered
+  to the compute manager (with the domain's state right before), so a
+  scenario can show that a STOPPED held during an operation was
+  cancelled, or re-checked and delivered only for a domain that is off.
 * :class:`StartAndSaveEvents` and :class:`LiveMigrationEvents` make Nova's
   fake libvirt send what libvirt sends when a domain starts, for a managed
   save (a cold snapshot) and for a live migration;
@@ -30,6 +31,7 @@ What the scenarios of ``test_operations.py`` (one compute) and
 """
 
 import threading
+import weakref
 
 import fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
@@ -38,7 +40,9 @@ from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
 
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import policy
 from nova_lifecycle.tests.functional import base
+from nova_lifecycle.virt import driver as lc_driver
 
 # libvirt's event details the fake has no names for.
 SUSPENDED_PAUSED = 0
@@ -98,6 +102,84 @@ def _is_stopped(event):
             event.transition == virtevent.EVENT_LIFECYCLE_STOPPED)
 
 
+class FollowStoppedEvents(fixtures.Fixture):
+    """Where each followed driver holds and delivers its STOPPED events.
+
+    The two places are bound when a driver is built, so this fixture is
+    set up before any compute starts:
+
+    * ``StoppedPolicy.hold_for`` (eventpath/policy.py), called as a
+      STOPPED comes in, chooses its hold; the policy is built by the
+      driver's event path with the driver's operations and its
+      ``_live_domain_state``, which name the driver;
+    * the driver's ``_deliver_event``, which its event path calls to give
+      an event to the compute manager (a STOPPED after its re-check).
+
+    :class:`StoppedFates` records them for one driver.
+    """
+
+    def _setUp(self):
+        self._lock = threading.Lock()
+        # StoppedPolicy -> (its driver, the operations it reads).
+        self._policies = weakref.WeakKeyDictionary()
+        self._fates = {}
+        self.addCleanup(self._fates.clear)
+        init = policy.StoppedPolicy.__init__
+        hold_for = policy.StoppedPolicy.hold_for
+        deliver = lc_driver.LibvirtLifecycleDriver._deliver_event
+
+        def recording_init(stopped_policy, conf, operations, live_state):
+            init(stopped_policy, conf, operations, live_state)
+            driver = getattr(live_state, '__self__', None)
+            with self._lock:
+                self._policies[stopped_policy] = (driver, operations)
+
+        def recording_hold_for(stopped_policy, event):
+            with self._lock:
+                driver, operations = self._policies.get(stopped_policy,
+                                                        (None, None))
+                fates = self._fates.get(driver)
+            if fates is None:
+                return hold_for(stopped_policy, event)
+            in_progress = operations.active(event.uuid)
+            seconds = hold_for(stopped_policy, event)
+            fates.held_one(event, in_progress, seconds)
+            return seconds
+
+        def recording_deliver(driver, event):
+            with self._lock:
+                fates = self._fates.get(driver)
+            if fates is None or not _is_stopped(event):
+                return deliver(driver, event)
+            state = domain_state(fates.connection, event.uuid)
+            taken = deliver(driver, event)
+            if taken:
+                fates.delivered_one(event, state)
+            return taken
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.eventpath.policy.StoppedPolicy.__init__',
+            recording_init))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.eventpath.policy.StoppedPolicy.hold_for',
+            recording_hold_for))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.driver.LibvirtLifecycleDriver.'
+            '_deliver_event', recording_deliver))
+
+    def follow(self, driver, fates):
+        with self._lock:
+            followed = any(d is driver for d, _ in self._policies.values())
+            self._fates[driver] = fates
+        if not followed:
+            raise AssertionError('driver %r was built before '
+                                 'FollowStoppedEvents' % driver)
+
+    def unfollow(self, driver):
+        with self._lock:
+            self._fates.pop(driver, None)
+
+
 class StoppedFates(fixtures.Fixture):
     """How one compute's driver held and delivered STOPPED events.
 
@@ -106,44 +188,31 @@ class StoppedFates(fixtures.Fixture):
     comes in. ``delivered``: (instance UUID, detail name, libvirt state of
     the domain right before the manager got the event, None when there was
     no domain) for each STOPPED the manager got.
+
+    :param follow: the test's :class:`FollowStoppedEvents`.
     """
 
-    def __init__(self, driver, connection):
+    def __init__(self, follow, driver, connection):
         super().__init__()
+        self._follow = follow
         self._driver = driver
-        self._connection = connection
+        self.connection = connection
 
     def _setUp(self):
         self._lock = threading.Lock()
         self.held = []
         self.delivered = []
-        pipeline = self._driver._pipeline
-        hold_for = pipeline._hold_for
-        deliver = pipeline._deliver
+        self._follow.follow(self._driver, self)
+        self.addCleanup(self._follow.unfollow, self._driver)
 
-        def recording_hold_for(event):
-            operations = self._driver._operations.active(event.uuid)
-            seconds = hold_for(event)
-            with self._lock:
-                self.held.append((event.uuid, event.detail_name, operations,
-                                  seconds))
-            return seconds
+    def held_one(self, event, operations, seconds):
+        with self._lock:
+            self.held.append((event.uuid, event.detail_name, operations,
+                              seconds))
 
-        def recording_deliver(event):
-            if not _is_stopped(event):
-                return deliver(event)
-            state = domain_state(self._connection, event.uuid)
-            taken = deliver(event)
-            if taken:
-                with self._lock:
-                    self.delivered.append((event.uuid, event.detail_name,
-                                           state))
-            return taken
-
-        pipeline._hold_for = recording_hold_for
-        pipeline._deliver = recording_deliver
-        self.addCleanup(setattr, pipeline, '_deliver', deliver)
-        self.addCleanup(setattr, pipeline, '_hold_for', hold_for)
+    def delivered_one(self, event, state):
+        with self._lock:
+            self.delivered.append((event.uuid, event.detail_name, state))
 
     def mark(self):
         """Where the records are now, for :meth:`held_since` and co."""
@@ -337,6 +406,7 @@ class OperationsTestBase(base.LifecycleTestBase):
             self.flags(fast_stopped_events=False,
                        stopped_event_delay=UPSTREAM_DELAY, group='lifecycle')
         self.delay = UPSTREAM_DELAY if not self.FAST else base.DELAY
+        self.follow_stopped = self.useFixture(FollowStoppedEvents())
         self.useFixture(InstanceFiles())
         self.useFixture(StartAndSaveEvents())
 
@@ -344,8 +414,8 @@ class OperationsTestBase(base.LifecycleTestBase):
         """Start a compute on the plugin and follow its STOPPED events."""
         self.start_lifecycle_compute(hostname)
         compute = self.lifecycle_computes[hostname]
-        compute.fates = self.useFixture(StoppedFates(compute.driver,
-                                                     compute.connection))
+        compute.fates = self.useFixture(StoppedFates(
+            self.follow_stopped, compute.driver, compute.connection))
         return compute
 
     def boot(self, host=None):
@@ -360,9 +430,9 @@ class OperationsTestBase(base.LifecycleTestBase):
     def settle(self):
         """Wait until every compute has handled every event it got."""
         for hostname, compute in self.lifecycle_computes.items():
-            base.wait_until(
-                lambda: compute.driver._lifecycle_stats()['pending'] == 0)
-            stats = compute.driver._lifecycle_stats()
+            compute.driver.event_path.wait_for_counts(
+                lambda counts: counts['pending'] == 0, base.WAIT)
+            stats = base.lifecycle_counts(compute.driver)
             self.assertEqual(0, stats['pending'],
                              '%s still has events pending: %s'
                              % (hostname, stats))
@@ -370,7 +440,7 @@ class OperationsTestBase(base.LifecycleTestBase):
     def mark(self):
         """Where every compute's records and counters are now."""
         return {hostname: (compute.fates.mark(),
-                           compute.driver._lifecycle_stats(),
+                           base.lifecycle_counts(compute.driver),
                            len(compute.events.items))
                 for hostname, compute in self.lifecycle_computes.items()}
 
@@ -434,7 +504,7 @@ class OperationsTestBase(base.LifecycleTestBase):
                     self.assertNotIn(state, UP_STATES,
                                      '%s delivered on %s for a domain in '
                                      'state %s' % (detail, hostname, state))
-            stats = compute.driver._lifecycle_stats()
+            stats = base.lifecycle_counts(compute.driver)
             self.assert_ledger_balanced(stats)
             self.assertEqual({}, stats['failed_by_error'], stats)
             cancelled = (self.stopped_cancelled(stats) -

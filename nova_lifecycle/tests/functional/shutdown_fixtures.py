@@ -33,12 +33,15 @@ import math
 import threading
 import time
 from urllib import parse
+import weakref
 
 import fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.eventpath import loop as libvirt_loop
+from nova_lifecycle.virt import host as lc_host
 from nova_lifecycle.virt import shutdown
 
 # Seconds a held call or a fixture thread may wait before giving up.
@@ -238,6 +241,10 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
     driver's loop thread runs it from ``virEventRunDefaultImpl``, in order.
     Once that loop has stopped, the connection's callbacks stay queued
     (``undelivered``), as events are lost with a closed connection.
+
+    Every driver's loop thread has the same name: the fixture notes which
+    thread each event handler's ``start`` began (set it up before the
+    computes start).
     """
 
     # How long one loop iteration waits for an event.
@@ -247,11 +254,29 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
         native = concurrency.native_threading()
         self._cond = native.Condition()
         self._queued = collections.deque()
+        # LifecycleEventHandler -> its libvirt loop thread.
+        self._loops = weakref.WeakKeyDictionary()
         _patch(self, 'virEventRunDefaultImpl', self._run_once)
+        start = lc_host.LifecycleEventHandler.start
+
+        def start_and_note_loop(handler):
+            before = set(native.enumerate())
+            start(handler)
+            started = [thread for thread in native.enumerate()
+                       if thread not in before and
+                       thread.name == libvirt_loop.THREAD_NAME]
+            if started:
+                with self._cond:
+                    self._loops[handler] = started[0]
+                    self._cond.notify_all()
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.virt.host.LifecycleEventHandler.start',
+            start_and_note_loop))
 
     def attach(self, connection):
         entry = connection._event_callbacks[
-            fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE]
+            fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE]
         callback, host = entry
 
         def queue(conn, dom, event, detail, opaque):
@@ -280,9 +305,10 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
     def _mine(self, thread):
         return any(self._owns(item, thread) for item in self._queued)
 
-    @staticmethod
-    def _owns(item, thread):
-        return getattr(item[0]._event_handler.loop, "_thread", None) is thread
+    def _owns(self, item, thread):
+        # item[0] is the Host; its _event_handler the driver's
+        # event_handler.
+        return self._loops.get(item[0]._event_handler) is thread
 
 
 class LiveMigrationOnFake(fixtures.Fixture):

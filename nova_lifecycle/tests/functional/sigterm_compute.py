@@ -127,15 +127,16 @@ class Burst:
             dom = self._conn.lookupByUUIDString(uuid)
             self._conn._emit_lifecycle(
                 dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                       libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
-            shutdown_fixtures.mark_stopped(self._conn, dom,
-                                           libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+                libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST)
+            shutdown_fixtures.mark_stopped(
+                self._conn, dom,
+                libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
 
     def _run(self):
-        loop = self._driver._events.loop
-        while loop.is_alive() and self.sent < MAX_EVENTS:
-            if self.sent - self._driver._lifecycle_stats()['delivered'] > \
-                    BACKLOG:
+        handler = self._driver.event_handler
+        event_path = self._driver.event_path
+        while handler.status()['running'] and self.sent < MAX_EVENTS:
+            if self.sent - event_path.status().counts['delivered'] > BACKLOG:
                 # Pace the generator (and let green threads run).
                 time.sleep(0.01)
                 continue
@@ -152,15 +153,21 @@ class Burst:
 def _announce_when_ready(path, driver, held, burst):
     """Write ``path`` once SIGTERM is handled and the burst is queued."""
     def ready():
-        return (signal.getsignal(signal.SIGTERM) not in
-                (signal.SIG_DFL, None) and
-                driver._lifecycle_stats()['dispatch_queue'] > 0 and
-                len(driver._pipeline.held_stops()) == len(held))
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            return None
+        status = driver.event_path.status()
+        if status.dispatch_queue > 0 and len(status.held) == len(held):
+            return status
+        return None
 
-    while not ready():
+    status = ready()
+    while status is None:
         time.sleep(0.05)
-    data = {'held': held, 'stats': driver._lifecycle_stats(),
-            'sent': burst.sent, 'pid': os.getpid()}
+        status = ready()
+    stats = dict(status.counts, dispatch_queue=status.dispatch_queue,
+                 held_stopped=len(status.held))
+    data = {'held': held, 'stats': stats, 'sent': burst.sent,
+            'pid': os.getpid()}
     with open(path + '.tmp', 'w') as f:
         json.dump(data, f)
     os.rename(path + '.tmp', path)

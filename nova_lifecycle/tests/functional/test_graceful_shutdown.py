@@ -101,7 +101,11 @@ class PluginCompute:
         self.checked = False
 
     def stats(self):
-        return self.driver._lifecycle_stats()
+        return base.lifecycle_counts(self.driver)
+
+    def loop_running(self):
+        """Whether the driver's libvirt event-loop thread runs."""
+        return self.driver.event_handler.status()['running']
 
 
 class GracefulShutdownBase(base.LifecycleTestBase):
@@ -187,7 +191,7 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         self.assertEqual(0, stats['pending'], stats)
         self.assertEqual({}, stats['failed_by_error'], stats)
         self.assertIsNone(compute.driver._compute_event_callback)
-        self.assertFalse(compute.driver._events.loop.is_alive())
+        self.assertFalse(compute.loop_running())
 
     _stop_and_check = stop_and_check
 
@@ -263,7 +267,7 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         self.assertTrue(base.wait_until(
             lambda: compute.stats()['pending'] == 0),
             compute.stats())
-        self.assertTrue(compute.driver._events.loop.is_alive())
+        self.assertTrue(compute.loop_running())
 
     def assert_no_stop_calls(self):
         self.assertEqual([], self.api_calls.made('stop'))
@@ -515,8 +519,8 @@ class NovaScenariosTest(GracefulShutdownBase):
             lambda: not manager._syncs_in_progress))
         self.assertEqual([], self.log_lines('Periodic sync_power_state '
                                             'task had an error'))
-        self.assertEqual([], self.src.driver._events.threads_alive() +
-                         self.src.driver._pipeline.threads_alive())
+        self.assertEqual([], self.src.driver.event_handler.threads_alive() +
+                         self.src.driver.event_path.threads_alive())
         self.assert_no_stop_calls()
 
     def wait_for_no_pending_on(self, compute):
@@ -889,17 +893,18 @@ class DrainTest(GracefulShutdownBase):
         # back: held for the full delay, still held at cleanup_host.
         self.external_stop(
             guest_off, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
-                           libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
         for server in destroyed:
             self.external_stop(
                 server, libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST,
-                               libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+                libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertTrue(base.wait_until(
             lambda: self.src.stats()['delivered'] ==
             before['delivered'] + 1), self.src.stats())
         self.assertEqual(
             sorted(s['id'] for s in destroyed),
-            sorted(uuid for uuid, _ in self.src.driver._pipeline.held_stops()))
+            sorted(uuid for uuid, _
+                   in self.src.driver.event_path.status().held))
         self.assertTrue(base.wait_until(
             lambda: self.api_calls.made('stop') == [guest_off['id']]))
 

@@ -34,7 +34,7 @@ CLEAN_OFF = ['SHUTDOWN_GUEST', 'STOPPED_SHUTDOWN']
 DESTROYED = ['SHUTDOWN_HOST', 'STOPPED_DESTROYED']
 START = ['RESUMED_UNPAUSED', 'STARTED_BOOTED']
 # libvirt's REBOOT event (the fake has no name for it).
-DOMAIN_EVENT_ID_REBOOT = 1
+VIR_DOMAIN_EVENT_ID_REBOOT = 1
 
 
 class SingleComputeTestBase(operations_base.OperationsTestBase):
@@ -112,7 +112,7 @@ class GuestRebootTest(SingleComputeTestBase):
         """
         dom = self.domain(server)
         callback = self.connection._event_callbacks.get(
-            DOMAIN_EVENT_ID_REBOOT)
+            VIR_DOMAIN_EVENT_ID_REBOOT)
         for _ in range(times):
             if callback is not None:
                 callback[0](self.connection, dom, callback[1])

@@ -100,7 +100,7 @@ class PowerOffDuringSyncTest(base.LifecycleTestBase):
     def run_sync_in_the_middle(self, held, thread):
         """The bulk query now, while Nova's power-off waits for the guest."""
         self.assertEqual(base.RUNNING, self.domain(self.server)._state)
-        self.assertEqual(1, self.driver._stop_waiters.waiting())
+        self.assertEqual(1, self.driver.event_path.status().stop_waiters)
         held.proceed.set()
         thread.join(base.WAIT)
         self.assertFalse(thread.is_alive())

@@ -83,8 +83,9 @@ class GuestStopTest(PowerStateTestCase):
         server, before = self.boot()
 
         self.guest_stops(
-            server, stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
-                         shutdown_detail=None)
+            server,
+            stopped_detail=libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
+            shutdown_detail=None)
 
         self.assertEqual(['STARTED_BOOTED', 'STOPPED_CRASHED'],
                          self.events.of(server))

@@ -117,11 +117,11 @@ if libvirt is not None:
     for _event in ('DEFINED', 'UNDEFINED', 'STARTED', 'SUSPENDED',
                    'RESUMED', 'STOPPED', 'SHUTDOWN', 'PMSUSPENDED',
                    'CRASHED'):
-        _number = getattr(libvirt, 'DOMAIN_EVENT_' + _event, None)
+        _number = getattr(libvirt, 'VIR_DOMAIN_EVENT_' + _event, None)
         if _number is None:
             continue
         EVENT_NAMES[_number] = _event
-        _prefix = 'DOMAIN_EVENT_%s_' % _event
+        _prefix = 'VIR_DOMAIN_EVENT_%s_' % _event
         DETAIL_NAMES[_number] = {
             getattr(libvirt, attr): attr[len(_prefix):]
             for attr in dir(libvirt)
@@ -540,10 +540,10 @@ class IntegrationTestCase(base.TestCase):
         self.recorder = EventRecorder()
         callbacks = [
             self.conn.domainEventRegisterAny(
-                None, libvirt.DOMAIN_EVENT_ID_LIFECYCLE,
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                 self.recorder.lifecycle, None),
             self.conn.domainEventRegisterAny(
-                None, libvirt.DOMAIN_EVENT_ID_REBOOT,
+                None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
                 self.recorder.reboot, None),
         ]
         for callback in callbacks:

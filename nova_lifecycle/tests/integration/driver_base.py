@@ -244,7 +244,8 @@ class DriverTestCase(lc_base.TestCase):
         self._take_own_events_only()
         self.manager = RecordingManager(HOST, self.driver,
                                         self.handler_delay)
-        self.ledger = self.driver._pipeline.ledger
+        # Kept past stop_driver, which drops self.driver.
+        self.event_path = self.driver.event_path
         self.driver.register_event_listener(self.manager.handle_events)
         self.addCleanup(self.stop_driver)
         started = time.monotonic()
@@ -262,20 +263,21 @@ class DriverTestCase(lc_base.TestCase):
         other tests (the other stestr worker, the main job) run domains on
         the same daemon; their events would make this test's counts
         depend on them. The filter sits where the plugin's libvirt
-        callback hands its event over (``queue_event``), on libvirt's
-        loop thread; what it lets through is handled as always. Items
-        without an instance (connection closed) always pass.
+        callback hands its instance event over (``event_path.queue``), on
+        libvirt's loop thread; what it lets through is handled as always.
+        Connection notices do not go through the event path and always
+        reach the Host.
         """
-        source = self.driver._host._event_handler
-        sink = source._sink
+        event_path = self.driver.event_path
+        queue = event_path.queue
         own = self.own
 
-        def own_events_only(item):
-            instance_uuid = getattr(item, 'uuid', None)
+        def own_events_only(event):
+            instance_uuid = getattr(event, 'uuid', None)
             if instance_uuid is None or instance_uuid in own:
-                sink(item)
+                queue(event)
 
-        source._sink = own_events_only
+        event_path.queue = own_events_only
 
     def flags(self, **kw):
         """Override options for this test (reset by ConfFixture)."""
@@ -303,7 +305,7 @@ class DriverTestCase(lc_base.TestCase):
         """
         conn = base.open_connection()
         conn.domainEventRegisterAny(None,
-                                    libvirt.DOMAIN_EVENT_ID_LIFECYCLE,
+                                    libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self.recorder.lifecycle, None)
         self._release_test_connection()
         self.conn = conn
@@ -426,13 +428,13 @@ class DriverTestCase(lc_base.TestCase):
 
         :returns: the ledger's snapshot.
         """
-        ledger = self.ledger
-        settled = ledger.wait_until(
+        event_path = self.event_path
+        settled = event_path.wait_for_counts(
             lambda s: s['pending'] == 0 and
             (received is None or s['received'] >= received), timeout)
-        stats = ledger.snapshot()
+        stats = event_path.status().counts
         self.assertTrue(settled, 'ledger not settled: %s' % stats)
-        self.assertTrue(ledger.balanced(), stats)
+        self.assertTrue(lc_fixtures.balanced(stats), stats)
         self.assertEqual(stats['received'],
                          stats['delivered'] + stats['cancelled'] +
                          stats['failed'] + stats['pending'], stats)

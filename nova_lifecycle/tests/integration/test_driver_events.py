@@ -23,8 +23,11 @@ import time
 from unittest import mock
 import uuid
 
+import fixtures
+
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.integration import base
 from nova_lifecycle.tests.integration import driver_base
 
@@ -40,6 +43,47 @@ def nova_timeline(entries):
     """(time, Nova event) for libvirt's (time, event) entries, in order."""
     return [(at, NOVA_NAMES[what.split('_')[0]]) for at, what in entries
             if what.split('_')[0] in NOVA_NAMES]
+
+
+class ShutdownNotes(fixtures.Fixture):
+    """Follows the SHUTDOWN details the driver's translator keeps.
+
+    libvirt's SHUTDOWN is not an event of its own: the translator
+    (``event_handler.translator``) keeps its detail and puts it on the
+    domain's next event as ``shutdown_detail``. For the domains in
+    ``own``, ``unclaimed`` has the details kept and not yet put on an
+    event; ``mismatched`` the (uuid, kept, carried) of an event that did
+    not carry the kept detail. Runs on libvirt's loop thread.
+    """
+
+    def __init__(self, driver, own):
+        super().__init__()
+        self._translator = driver.event_handler.translator
+        self._own = own
+        self.unclaimed = {}
+        self.mismatched = []
+
+    def _setUp(self):
+        translate = self._translator.translate
+
+        def following(dom, event_type, detail):
+            event = translate(dom, event_type, detail)
+            if event_type == libvirt_events.DOMAIN_EVENT_SHUTDOWN:
+                try:
+                    instance_uuid = dom.UUIDString()
+                except Exception:
+                    return event  # The translator kept nothing either.
+                if instance_uuid in self._own:
+                    self.unclaimed[instance_uuid] = detail
+            elif event is not None and event.uuid in self.unclaimed:
+                kept = self.unclaimed.pop(event.uuid)
+                if event.shutdown_detail != kept:
+                    self.mismatched.append(
+                        (event.uuid, kept, event.shutdown_detail))
+            return event
+
+        self._translator.translate = following
+        self.addCleanup(delattr, self._translator, 'translate')
 
 
 class TestHardReboot(driver_base.DriverTestCase):
@@ -74,7 +118,7 @@ class TestHardReboot(driver_base.DriverTestCase):
         self.assertEqual({'superseded by Resumed': 1},
                          stats['cancelled_by_reason'])
         self.assertEqual(0, stats['failed'])
-        self.assertEqual([], self.driver._pipeline.held_stops())
+        self.assertEqual([], self.driver.event_path.status().held)
         self.assertEqual('running', guest.state())
 
 
@@ -206,6 +250,8 @@ class TestEventStorm(driver_base.DriverTestCase):
         self.own.update(uuids)
         self.addCleanup(self._sweep, uuids)
         errors = []
+        notes = ShutdownNotes(self.driver, self.own)
+        self.useFixture(notes)
         threads = self._storm(uuids, errors)
         rss_before = base.proc_status('VmRSS')
         threads_before = base.proc_status('Threads')
@@ -228,8 +274,10 @@ class TestEventStorm(driver_base.DriverTestCase):
         created = self.DOMAINS + len(uuids[::self.RECREATE_EVERY])
         # Per creation libvirt sends STARTED and SUSPENDED (paused start),
         # then SHUTDOWN (no Nova event) and STOPPED for the destroy.
-        self.assertTrue(self.ledger.wait_received(created * 3, base.WAIT),
-                        self.ledger.snapshot())
+        self.assertTrue(
+            lc_fixtures.wait_received(self.event_path, created * 3,
+                                      base.WAIT),
+            self.event_path.status().counts)
         stats = self.assertLedgerSettled(
             created * 3, timeout=self.stopped_event_delay + base.WAIT)
         base.note(self, 'storm', (
@@ -265,11 +313,14 @@ class TestEventStorm(driver_base.DriverTestCase):
                not_delivered)))
         self.assertEqual(0, stats['failed'])
 
-        # Nothing left behind in the pipeline, and the process bounded.
-        pipeline = self.driver._pipeline
-        self.assertEqual([], pipeline.held_stops())
-        self.assertEqual(0, pipeline.stats()['dispatch_queue'])
-        self.assertEqual({}, pipeline._shutdown_notes)
+        # Nothing left behind in the event path, and the process bounded.
+        status = self.driver.event_path.status()
+        self.assertEqual([], status.held)
+        self.assertEqual(0, status.dispatch_queue)
+        # Every SHUTDOWN the translator kept went onto its domain's next
+        # event: no note is left.
+        self.assertEqual({}, notes.unclaimed)
+        self.assertEqual([], notes.mismatched)
         self.assertLessEqual(
             peak_threads,
             threads_before + self.WORKERS + self.dispatch_workers +

@@ -49,13 +49,15 @@ from oslo_db import exception as db_exc
 import oslo_messaging
 
 from nova_lifecycle.common import delayed
+from nova_lifecycle.common import dispatch
+from nova_lifecycle.common import inbox
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import loop as libvirt_loop
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.unit import test_driver
-from nova_lifecycle.tests.unit import test_pipeline
+from nova_lifecycle.tests.unit import test_event_path
 from nova_lifecycle.tests.unit import test_sync
 from nova_lifecycle.virt import driver as lc_driver
 
@@ -67,6 +69,15 @@ OTHER_UUID = '99999999-8888-7777-6666-555555555555'
 RUNNING = fakelibvirt.VIR_DOMAIN_RUNNING
 PAUSED = fakelibvirt.VIR_DOMAIN_PAUSED
 SHUTOFF = fakelibvirt.VIR_DOMAIN_SHUTOFF
+
+# Events for the event path alone (Nova's transitions, not domain states).
+lifecycle = test_event_path.lifecycle
+UUID_A = test_event_path.UUID_A
+UUID_B = test_event_path.UUID_B
+EVENT_STARTED = test_event_path.STARTED
+EVENT_STOPPED = test_event_path.STOPPED
+EVENT_PAUSED = test_event_path.PAUSED
+EVENT_RESUMED = test_event_path.RESUMED
 
 
 def libvirt_error(message, code, domain):
@@ -113,7 +124,7 @@ def wait_until(predicate, timeout=WAIT):
 
 
 class Counts:
-    """A ledger's counters since this object was made."""
+    """An event path's counters (``PathCounts``) since this was made."""
 
     TOTALS = ('received', 'delivered', 'cancelled', 'failed', 'pending')
 
@@ -184,7 +195,7 @@ class FaultTestCase(test_driver.DriverTestCase):
                    dispatch_workers=1, group='lifecycle')
         self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
                                                        False)
-        self.ledger = self.driver._pipeline.ledger
+        self.ledger = lc_fixtures.PathCounts(self.driver.event_path)
         # Runs after cleanup_host (cleanups run last-in, first-out).
         self.addCleanup(self.assert_all_ended)
 
@@ -392,7 +403,8 @@ class HandlerFaultTest(ManagerFaultTestCase):
         counts = Counts(self.ledger)
         for i in range(20):
             self.set_state(PAUSED if i % 2 else RUNNING)
-            self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED if i % 2 else libvirt_events.DOMAIN_EVENT_RESUMED, 0)
+            self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED if i % 2
+                      else libvirt_events.DOMAIN_EVENT_RESUMED, 0)
         delta = counts.wait_ended(20)
         self.assertEqual({'DBConnectionError': 20}, delta['failed_by_error'])
         self.assertEqual([], self.read_faults)
@@ -672,18 +684,28 @@ class BurstFaultTest(FaultTestCase):
             libvirt_events.DOMAIN_EVENT_SUSPENDED,
             libvirt_events.DOMAIN_EVENT_RESUMED,
             libvirt_events.DOMAIN_EVENT_STOPPED,
-                 libvirt_events.DOMAIN_EVENT_STARTED, libvirt_events.DOMAIN_EVENT_STOPPED]
+            libvirt_events.DOMAIN_EVENT_STARTED,
+            libvirt_events.DOMAIN_EVENT_STOPPED]
         script = [(self.uuids[i % self.INSTANCES],
                    kinds[(i // self.INSTANCES) % len(kinds)])
                   for i in range(1000)]
-        loop = self.driver._events.loop
+        handler = self.driver.event_handler
+        handler_stop = handler.stop
+        stop_requested = concurrency.native_threading().Event()
+
+        def stop(*args, **kwargs):
+            stop_requested.set()
+            return handler_stop(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(handler, 'stop',
+                                                 side_effect=stop))
         gate_ran = []
 
         def until_stop_requested():
-            # Keeps libvirt mid-burst until the service stops; the stop
-            # takes effect at the end of the loop's iteration.
+            # Keeps libvirt mid-burst until the service stops libvirt's
+            # loop; the stop takes effect at the end of an iteration.
             gate_ran.append(True)
-            if not wait_until(lambda: loop._stopping):
+            if not stop_requested.wait(WAIT):
                 raise AssertionError('cleanup_host never stopped the loop')
 
         counts = Counts(self.ledger)
@@ -698,6 +720,7 @@ class BurstFaultTest(FaultTestCase):
             lambda: self.ledger.snapshot()['pending'] > 0))
         self.driver.cleanup_host('compute1')
         self.assertEqual([], concurrency.plugin_threads())
+        self.assertFalse(handler.status()['running'])
         self.assertEqual([], self.loop.escaped)
         emitted = script[:self.loop.ran - len(gate_ran)]
         self.assertLess(len(emitted), len(script))
@@ -711,8 +734,9 @@ class BurstFaultTest(FaultTestCase):
         # with a log line; every other event was delivered.
         held = [u for u, kinds in kinds_of.items()
                 if kinds[-1] == libvirt_events.DOMAIN_EVENT_STOPPED]
-        superseded = sum(kinds[:-1].count(libvirt_events.DOMAIN_EVENT_STOPPED)
-                         for kinds in kinds_of.values())
+        superseded = sum(
+            kinds[:-1].count(libvirt_events.DOMAIN_EVENT_STOPPED)
+            for kinds in kinds_of.values())
         reasons = dict(delta['cancelled_by_reason'])
         self.assertEqual(len(held), reasons.pop('shutdown', 0), delta)
         self.assertEqual(superseded, sum(reasons.values()), delta)
@@ -725,11 +749,12 @@ class BurstFaultTest(FaultTestCase):
                           'shutdown' % uuid, self.log)
         for uuid in self.uuids:
             self.assertEqual(
-                [k for u, k in emitted if u == uuid and k != libvirt_events.DOMAIN_EVENT_STOPPED],
+                [k for u, k in emitted if u == uuid and
+                 k != libvirt_events.DOMAIN_EVENT_STOPPED],
                 self.listener.libvirt_events(uuid))
 
     def test_failing_loop_iterations_do_not_stop_the_loop(self):
-        loop = self.driver._events.loop
+        handler = self.driver.event_handler
         failures = [3]
         iteration = self.loop._iteration
 
@@ -744,119 +769,129 @@ class BurstFaultTest(FaultTestCase):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.tests.fixtures.libvirt.virEventRunDefaultImpl',
             failing_then_working))
-        self.assertTrue(wait_until(lambda: loop.failures == 3))
-        self.assertIn('poll failed', str(loop.last_error))
+        self.assertTrue(wait_until(
+            lambda: handler.status()['failures'] == 3), handler.status())
+        self.assertIn('poll failed', handler.status()['last error'])
         counts = Counts(self.ledger)
         self.loop.add(self.emit_step(self.conn, self.uuids[0],
                                      libvirt_events.DOMAIN_EVENT_SUSPENDED))
         self.assertEqual(1, counts.wait_ended(1)['delivered'])
-        self.assertTrue(loop.is_alive())
+        self.assertTrue(handler.status()['running'])
         self.stop_and_check_threads()
 
 
-class ExecutorFaultTest(test_pipeline.PipelineTestCase):
+class ExecutorFaultTest(test_event_path.EventPathTestCase):
     """The dispatch executor refuses, rejects, breaks or is saturated."""
 
     UUID_C = 'cccccccc-0000-0000-0000-000000000003'
 
-    def swap_executor(self, p, executor):
-        """Run the pipeline's dispatch on ``executor`` from now on."""
-        p._executor.shutdown(wait=True)
-        p._executor = executor
-        p._dispatcher._executor = executor
+    def make_on(self, executor, workers=1, **conf):
+        """An event path whose dispatch runs on ``executor``.
+
+        The EventPath makes its executor in its constructor
+        (``concurrency.make_executor(workers, name)``); that call returns
+        ``executor`` here. The path shuts it down when it stops.
+        """
+        factory = self.useFixture(fixtures.MockPatch(
+            'nova_lifecycle.concurrency.make_executor',
+            return_value=executor)).mock
+        p = self.make(workers=workers, **conf)
+        factory.assert_called_once_with(workers, 'lifecycle-dispatch')
+        return p
 
     def wait_running(self, p, queued=0):
         """Wait until only ``queued`` items wait for a worker."""
         self.assertTrue(wait_until(
-            lambda: p.stats()['dispatch_queue'] == queued), p.stats())
+            lambda: p.status().dispatch_queue == queued), p.status())
 
-    def test_executor_shut_down_under_the_pipeline(self):
-        p = self.make(workers=2)
-        p._executor.shutdown(wait=True)
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.PAUSED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
-                                              test_pipeline.STOPPED))
-        self.assertTrue(p.ledger.wait_received(2, WAIT))
-        # The held STOPPED reaches the executor once its delay is over.
-        self.assertTrue(p.expedite(test_pipeline.UUID_B, 0))
+    def test_executor_shut_down_under_the_path(self):
+        executor = concurrency.make_executor(2, 'lifecycle-dispatch')
+        executor.shutdown(wait=True)
+        # A held STOPPED goes on after the grace (none) once a driver
+        # operation on its instance ends; no domain at the re-check.
+        p = self.make_on(executor, workers=2, fast=True, grace=0)
+        p.queue(lifecycle(UUID_A, EVENT_PAUSED))
+        p.queue(lifecycle(UUID_B, EVENT_STOPPED))
+        self.assertTrue(lc_fixtures.wait_received(p, 2, WAIT))
+        (uuid, left), = p.status().held
+        self.assertEqual(UUID_B, uuid)
+        self.assertGreater(left, 50)
+        # The held STOPPED reaches the executor once its hold is over,
+        # brought forward here by the end of an operation on B.
+        with p.track(UUID_B, 'reboot'):
+            pass
         stats = self.wait_ended(p, 2)
+        self.assertEqual([], p.status().held)
         self.assertEqual({'RuntimeError': 2}, stats['failed_by_error'])
         self.assertIn('executor refused work', self.logs.output)
         p.stop()
         self.assertEqual([], concurrency.plugin_threads())
 
     def test_rejecting_executor_fails_only_what_it_rejects(self):
-        p = self.make(workers=1)
         pool = (futurist.ThreadPoolExecutor if concurrency.threading_mode()
                 else futurist.GreenThreadPoolExecutor)
-        self.swap_executor(p, pool(
+        p = self.make_on(pool(
             max_workers=1,
             check_and_reject=rejection.reject_when_reached(1)))
         self.recorder.gate.clear()
-        lifecycle = test_pipeline.lifecycle
-        a, b, c = test_pipeline.UUID_A, test_pipeline.UUID_B, self.UUID_C
-        p.queue_event(lifecycle(a, test_pipeline.PAUSED))
-        self.assertTrue(p.ledger.wait_received(1, WAIT))
+        a, b, c = UUID_A, UUID_B, self.UUID_C
+        p.queue(lifecycle(a, EVENT_PAUSED))
+        self.assertTrue(lc_fixtures.wait_received(p, 1, WAIT))
         self.wait_running(p)
         # Behind A's running event, in A's own queue.
-        p.queue_event(lifecycle(a, test_pipeline.RESUMED))
-        p.queue_event(lifecycle(a, test_pipeline.PAUSED))
+        p.queue(lifecycle(a, EVENT_RESUMED))
+        p.queue(lifecycle(a, EVENT_PAUSED))
         # B waits in the executor's backlog; C finds it full.
-        p.queue_event(lifecycle(b, test_pipeline.PAUSED))
-        p.queue_event(lifecycle(c, test_pipeline.PAUSED))
-        self.assertTrue(p.ledger.wait_until(lambda s: s['failed'] == 1,
-                                            WAIT))
+        p.queue(lifecycle(b, EVENT_PAUSED))
+        p.queue(lifecycle(c, EVENT_PAUSED))
+        self.assertTrue(p.wait_for_counts(lambda s: s['failed'] == 1,
+                                          WAIT))
         self.recorder.gate.set()
         # A's next turn is refused too (B is still in the backlog): A's
         # queued events fail with the rejection instead of waiting forever.
         stats = self.wait_ended(p, 5)
         self.assertEqual({'RejectedSubmission': 3}, stats['failed_by_error'])
         self.assertEqual(2, stats['delivered'])
-        self.assertEqual([test_pipeline.PAUSED],
-                         self.recorder.transitions(a))
-        self.assertEqual([test_pipeline.PAUSED],
-                         self.recorder.transitions(b))
+        self.assertEqual([EVENT_PAUSED], self.recorder.transitions(a))
+        self.assertEqual([EVENT_PAUSED], self.recorder.transitions(b))
         # Every instance recovers once the backlog is gone.
         for n, uuid in enumerate((a, c)):
-            p.queue_event(lifecycle(uuid, test_pipeline.STARTED))
+            p.queue(lifecycle(uuid, EVENT_STARTED))
             stats = self.wait_ended(p, 6 + n)
         self.assertEqual(4, stats['delivered'])
         self.assertEqual(3, stats['failed'])
-        self.assertEqual([test_pipeline.STARTED],
-                         self.recorder.transitions(c))
+        self.assertEqual([EVENT_STARTED], self.recorder.transitions(c))
 
     def test_broken_pool_fails_queued_events_instead_of_hanging(self):
         def broken():
             raise RuntimeError('cannot start a worker')
 
-        p = self.make(workers=1)
-        self.swap_executor(p, cf.ThreadPoolExecutor(
+        p = self.make_on(cf.ThreadPoolExecutor(
             1, initializer=broken, thread_name_prefix='lifecycle-test-pool'))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.PAUSED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.RESUMED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
-                                              test_pipeline.PAUSED))
+        p.queue(lifecycle(UUID_A, EVENT_PAUSED))
+        p.queue(lifecycle(UUID_A, EVENT_RESUMED))
+        p.queue(lifecycle(UUID_B, EVENT_PAUSED))
         stats = self.wait_ended(p, 3)
         self.assertEqual({'BrokenThreadPool': 3}, stats['failed_by_error'])
         self.assertEqual([], self.recorder.transitions())
-        self.assertEqual(0, p._dispatcher.busy_keys())
+        # No instance is left waiting for a task the pool never runs: a
+        # later event of each is not queued behind one, it fails too.
+        p.queue(lifecycle(UUID_A, EVENT_STARTED))
+        p.queue(lifecycle(UUID_B, EVENT_STARTED))
+        stats = self.wait_ended(p, 5)
+        self.assertEqual({'BrokenThreadPool': 5}, stats['failed_by_error'])
+        self.assertEqual(0, p.status().dispatch_queue)
         p.stop()
         self.assertEqual([], concurrency.plugin_threads())
 
     def test_executor_cancelling_its_queue_cancels_the_events(self):
-        p = self.make(workers=1)
         pool = cf.ThreadPoolExecutor(1,
                                      thread_name_prefix='lifecycle-test-pool')
-        self.swap_executor(p, pool)
+        p = self.make_on(pool)
         self.recorder.gate.clear()
-        for uuid in (test_pipeline.UUID_A, test_pipeline.UUID_B,
-                     self.UUID_C):
-            p.queue_event(test_pipeline.lifecycle(uuid,
-                                                  test_pipeline.PAUSED))
-        self.assertTrue(p.ledger.wait_received(3, WAIT))
+        for uuid in (UUID_A, UUID_B, self.UUID_C):
+            p.queue(lifecycle(uuid, EVENT_PAUSED))
+        self.assertTrue(lc_fixtures.wait_received(p, 3, WAIT))
         self.wait_running(p, queued=2)
         pool.shutdown(wait=False, cancel_futures=True)
         self.recorder.gate.set()
@@ -871,14 +906,13 @@ class ExecutorFaultTest(test_pipeline.PipelineTestCase):
         sent = collections.defaultdict(list)
         for i in range(200):
             uuid = uuids[i % len(uuids)]
-            sent[uuid].append(test_pipeline.PAUSED if i % 100 < 50
-                              else test_pipeline.RESUMED)
+            sent[uuid].append(EVENT_PAUSED if i % 100 < 50
+                              else EVENT_RESUMED)
 
         def libvirt_loop():
             for i in range(200):
                 uuid = uuids[i % len(uuids)]
-                p.queue_event(test_pipeline.lifecycle(
-                    uuid, sent[uuid][i // len(uuids)]))
+                p.queue(lifecycle(uuid, sent[uuid][i // len(uuids)]))
 
         loop = concurrency.native_threading().Thread(
             target=libvirt_loop, name='fake-libvirt-loop')
@@ -886,35 +920,36 @@ class ExecutorFaultTest(test_pipeline.PipelineTestCase):
         loop.join(WAIT)
         # Every call returned while both workers were blocked.
         self.assertFalse(loop.is_alive())
-        self.assertTrue(p.ledger.wait_received(200, WAIT))
+        self.assertTrue(lc_fixtures.wait_received(p, 200, WAIT))
         self.wait_running(p, queued=198)
-        stats = p.stats()
+        stats = p.status().counts
         self.assertEqual(200, stats['pending'])
-        self.assertTrue(p.ledger.balanced(), stats)
+        self.assertTrue(lc_fixtures.balanced(stats), stats)
         self.recorder.gate.set()
         self.assertEqual(200, self.wait_ended(p, 200)['delivered'])
         for uuid in uuids:
             self.assertEqual(sent[uuid], self.recorder.transitions(uuid))
 
     def test_unexpected_error_inside_the_dispatch_worker(self):
-        p = self.make(workers=1)
-        next_item = p._dispatcher._next_item
+        next_item = dispatch.KeyedDispatcher._next_item
         broken = [RuntimeError('bug in the drain task')]
 
-        def next_item_once_broken(key, queue):
+        def next_item_once_broken(dispatcher, key, queue):
             if broken:
                 raise broken.pop()
-            return next_item(key, queue)
+            return next_item(dispatcher, key, queue)
 
-        self.useFixture(fixtures.MockPatchObject(
-            p._dispatcher, '_next_item', side_effect=next_item_once_broken))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.PAUSED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.RESUMED))
+        # The path's dispatcher is built with the path: patched before.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.common.dispatch.KeyedDispatcher._next_item',
+            next_item_once_broken))
+        p = self.make(workers=1)
+        p.queue(lifecycle(UUID_A, EVENT_PAUSED))
+        p.queue(lifecycle(UUID_A, EVENT_RESUMED))
         stats = self.wait_ended(p, 2)
+        self.assertEqual([], broken)
         self.assertEqual(2, stats['delivered'])
-        self.assertEqual([test_pipeline.PAUSED, test_pipeline.RESUMED],
+        self.assertEqual([EVENT_PAUSED, EVENT_RESUMED],
                          self.recorder.transitions())
         self.assertIn('unexpected error dispatching work', self.logs.output)
 
@@ -923,58 +958,67 @@ class ExecutorFaultTest(test_pipeline.PipelineTestCase):
             """Not an Exception, as GreenletExit."""
 
         p = self.make(workers=1)
-        deliver = p._deliver
 
-        def interrupted_once(event):
-            if event.transition == test_pipeline.PAUSED:
+        def interrupted_on_pause(event):
+            if event.transition == EVENT_PAUSED:
                 raise Interrupted()
-            return deliver(event)
+            return self.recorder(event)
 
-        p._deliver = interrupted_once
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.PAUSED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                              test_pipeline.RESUMED))
-        p.queue_event(test_pipeline.lifecycle(test_pipeline.UUID_B,
-                                              test_pipeline.STARTED))
+        # What the path delivers to (make's deliver calls self.listener).
+        self.listener = interrupted_on_pause
+        p.queue(lifecycle(UUID_A, EVENT_PAUSED))
+        p.queue(lifecycle(UUID_A, EVENT_RESUMED))
+        p.queue(lifecycle(UUID_B, EVENT_STARTED))
         stats = self.wait_ended(p, 3)
         self.assertEqual({'Interrupted': 1}, stats['failed_by_error'])
         self.assertEqual(2, stats['delivered'])
 
 
-class InboxFaultTest(test_pipeline.PipelineTestCase):
+class InboxFaultTest(test_event_path.EventPathTestCase):
 
     def test_event_put_just_as_the_inbox_stops_is_not_lost(self):
+        late = lifecycle(UUID_A, EVENT_PAUSED)
+        made = []
+        make_inbox = inbox.make_inbox
+
+        def make_racing_inbox(handler, name, green):
+            box = make_inbox(handler, name, green)
+            made.append(box)
+            stop_inbox = box.stop
+
+            def stop_with_a_late_put(timeout=None):
+                # libvirt's loop, in a queue() that began before stop(),
+                # puts one more event while the inbox stops: under
+                # eventlet, right after its reader took the stop marker.
+                reader = getattr(box, '_thread', None)
+                if reader is None:
+                    box.put(late)
+                else:
+                    join = reader.join
+
+                    def join_then_put(timeout=None):
+                        join(timeout)
+                        box.put(late)
+
+                    reader.join = join_then_put
+                return stop_inbox(timeout)
+
+            box.stop = stop_with_a_late_put
+            return box
+
+        # The path makes its inbox in its constructor: patched before.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lifecycle.common.inbox.make_inbox', make_racing_inbox))
         p = self.make()
-        late = test_pipeline.lifecycle(test_pipeline.UUID_A,
-                                       test_pipeline.PAUSED)
-        stop_inbox = p._inbox.stop
-
-        def stop_with_a_late_put(timeout=None):
-            # libvirt's loop puts one more event while the inbox stops:
-            # under eventlet, right after its reader took the stop marker.
-            reader = getattr(p._inbox, '_thread', None)
-            if reader is None:
-                p.queue_event(late)
-            else:
-                join = reader.join
-
-                def join_then_put(timeout=None):
-                    join(timeout)
-                    p.queue_event(late)
-
-                reader.join = join_then_put
-            return stop_inbox(timeout)
-
-        p._inbox.stop = stop_with_a_late_put
+        self.assertEqual(1, len(made))
         p.stop()
-        stats = p.ledger.snapshot()
+        stats = p.status().counts
         self.assertEqual(1, stats['received'], stats)
         self.assertEqual(1, stats['delivered'], stats)
         self.assertEqual([late], self.recorder.events)
         # Once stopped, a late event is counted as cancelled, not raised.
-        p.queue_event(late)
-        stats = p.ledger.snapshot()
+        p.queue(late)
+        stats = p.status().counts
         self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
 
 

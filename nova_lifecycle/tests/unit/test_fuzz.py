@@ -33,8 +33,9 @@ log lines agree with the model:
   a warning; an event type Nova has no transition for: cancelled
   (``no Nova transition``), warned once per type naming the instance;
 * a STOPPED is held until a later event of its instance supersedes it
-  (cancelled ``superseded by ...``) or its hold ends (here: released at
-  the end of the example, re-checked against the domain, delivered);
+  (cancelled ``superseded by ...``) or its hold ends (here: at the end
+  of the example, where a driver operation on the instance ends and
+  brings it forward; re-checked against the domain, delivered);
 * everything else is delivered; for a domain Nova does not know, Nova's
   handler says so in a debug line naming the instance.
 
@@ -60,12 +61,15 @@ from nova.virt import fake
 
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.unit import test_driver
 from nova_lifecycle.tests.unit import test_faults
 from nova_lifecycle.virt import driver as lc_driver
 from nova_lifecycle.virt import host as lc_host
 
 WAIT = 10
+# Seconds a guest-initiated STOPPED is held: longer than any example.
+GRACE = 15
 # libvirt's own numbers, the types Nova acts on more often, and numbers
 # libvirt never sent (a newer libvirt, garbage), C ints at the extremes.
 ODD_NUMBERS = [-1, 9, 64, 2 ** 31 - 1, -2 ** 31]
@@ -184,8 +188,8 @@ class Expected:
                 continue
             job_error = (
                 event_type == libvirt_events.DOMAIN_EVENT_SUSPENDED and
-                         detail == libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED and
-                         behaviour == 'job-error')
+                detail == libvirt_events.DOMAIN_EVENT_SUSPENDED_MIGRATED and
+                behaviour == 'job-error')
             record = (transition, event_type, detail, notes.pop(uuid, None),
                       job_error)
             if uuid in self.held:
@@ -245,7 +249,7 @@ class LifecycleCallbackFuzzTest(test_driver.DriverTestCase):
         super().setUp()
         # Holds long enough that only a later event or the end of the
         # example ends them: the model need not guess timings.
-        self.flags(stopped_event_delay=60, stopped_event_grace=15,
+        self.flags(stopped_event_delay=60, stopped_event_grace=GRACE,
                    dispatch_workers=4, group='lifecycle')
         self.driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(),
                                                        False)
@@ -267,7 +271,7 @@ class LifecycleCallbackFuzzTest(test_driver.DriverTestCase):
                 self.logs, name=name, level=logging.DEBUG,
                 nuke_handlers=False))
         self.conn = self.start_events()
-        self.ledger = self.driver._pipeline.ledger
+        self.ledger = lc_fixtures.PathCounts(self.driver.event_path)
         self.host = self.driver._host
         self.examples = itertools.count()
         self.addCleanup(self.assert_all_ended)
@@ -365,12 +369,23 @@ class LifecycleCallbackFuzzTest(test_driver.DriverTestCase):
         # Everything came in; only the held STOPPED events still wait.
         counts.wait(lambda d: d['received'] == expected.received and
                     d['pending'] == len(expected.held))
+        event_path = self.driver.event_path
         self.assertEqual(sorted(expected.held),
-                         sorted(u for u, _ in
-                                self.driver._pipeline.held_stops()))
-        for uuid in expected.held:
-            self.assertTrue(self.driver._pipeline.expedite(uuid, 0))
-        delta = counts.wait_ended(expected.received)
+                         sorted(u for u, _ in event_path.status().held))
+        # Release them: the end of a driver operation on an instance
+        # brings its held STOPPED forward to the grace, none here.
+        self.flags(stopped_event_grace=0, group='lifecycle')
+        try:
+            for uuid in expected.held:
+                with event_path.track(uuid, 'reboot'):
+                    pass
+                self.assertLess(
+                    dict(event_path.status().held).get(uuid, 0.0), 1.0, uuid)
+            delta = counts.wait_ended(expected.received)
+        finally:
+            # The next example holds as before.
+            self.flags(stopped_event_grace=GRACE, group='lifecycle')
+        self.assertEqual([], event_path.status().held)
 
         delivered = expected.after_release()
         self.assertEqual(sum(map(len, delivered.values())),

@@ -195,7 +195,7 @@ class LifecycleHandlerTableTest(test_faults.FaultTestCase):
         delta = self.handle(
             libvirt_events.DOMAIN_EVENT_SUSPENDED,
             libvirt_events.DOMAIN_EVENT_SUSPENDED_POSTCOPY,
-                            PAUSED, MIGRATING)
+            PAUSED, MIGRATING)
         self.assertEqual(1, delta['delivered'], delta)
         self.bind.assert_not_called()
         self.assertIn('Unable to find migration record', self.log)

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Concurrency stress: many threads submitting, cancelling and emitting.
+"""Concurrency stress: threads submitting, cancelling, emitting, operating.
 
 Every test draws its choices from ``random.Random(seed)``; the seed is in
 every failure message and in the test's details, and the environment
@@ -28,6 +28,7 @@ import threading
 
 from concurrent import futures as cf
 import fixtures
+from nova.virt import event as virtevent
 from testtools import content
 
 from nova_lifecycle.common import delayed
@@ -44,21 +45,61 @@ WAIT = 30
 KINDS = (
     libvirt_events.DOMAIN_EVENT_STARTED,
     libvirt_events.DOMAIN_EVENT_SUSPENDED,
-    libvirt_events.DOMAIN_EVENT_RESUMED, libvirt_events.DOMAIN_EVENT_STOPPED)
-_TRANSITIONS = {libvirt_events.DOMAIN_EVENT_STARTED: 0, libvirt_events.DOMAIN_EVENT_STOPPED: 1, libvirt_events.DOMAIN_EVENT_SUSPENDED: 2,
-                libvirt_events.DOMAIN_EVENT_RESUMED: 3}
+    libvirt_events.DOMAIN_EVENT_RESUMED,
+    libvirt_events.DOMAIN_EVENT_STOPPED)
+_TRANSITIONS = {
+    libvirt_events.DOMAIN_EVENT_STARTED: virtevent.EVENT_LIFECYCLE_STARTED,
+    libvirt_events.DOMAIN_EVENT_STOPPED: virtevent.EVENT_LIFECYCLE_STOPPED,
+    libvirt_events.DOMAIN_EVENT_SUSPENDED: virtevent.EVENT_LIFECYCLE_PAUSED,
+    libvirt_events.DOMAIN_EVENT_RESUMED: virtevent.EVENT_LIFECYCLE_RESUMED,
+}
+# A STOPPED's detail decides its hold: a crash is held the grace, a
+# destroy the delay (unless a driver operation ends meanwhile).
+STOPPED_DETAILS = (libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED,
+                   libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+# Driver operations on the instances, stopping ones or not.
+OPERATIONS = ('reboot', 'power_off', 'spawn', 'pause')
+# libvirt domain states (virDomainState) the re-check of a STOPPED reads.
+RUNNING = 1
+SHUTOFF = 5
 
 
 class StressEvent(libvirt_events.DomainLifecycleEvent):
     """A lifecycle event carrying what the stress test decided for it."""
 
-    def __init__(self, uuid, libvirt_event, seq, hold, fail, running):
+    def __init__(self, uuid, libvirt_event, detail, seq, fail):
         super().__init__(uuid, _TRANSITIONS[libvirt_event], libvirt_event,
-                         0)
+                         detail)
         self.seq = seq
-        self.hold = hold
         self.fail = fail
-        self.running = running
+
+
+class ChangingConf:
+    """``[lifecycle]`` options that change all the time.
+
+    The event path reads them live, so each read draws a value: each
+    STOPPED gets a delay from ``delays`` and a grace from ``graces``.
+    """
+
+    def __init__(self, rng, delays, graces, workers):
+        self._rng = rng
+        self._lock = concurrency.native_threading().Lock()
+        self._delays = delays
+        self._graces = graces
+        self.fast_stopped_events = True
+        self.dispatch_workers = workers
+
+    def _draw(self, values):
+        with self._lock:
+            return self._rng.choice(values)
+
+    @property
+    def stopped_event_delay(self):
+        return self._draw(self._delays)
+
+    @property
+    def stopped_event_grace(self):
+        return self._draw(self._graces)
 
 
 class StressTestCase(base.TestCase):
@@ -81,7 +122,8 @@ class StressTestCase(base.TestCase):
 
     def start(self, target, name, native=False):
         module = concurrency.native_threading() if native else threading
-        thread = module.Thread(target=target, name=name)
+        # A daemon: one stuck for good fails the test, not the whole run.
+        thread = module.Thread(target=target, name=name, daemon=True)
         thread.start()
         self.addCleanup(thread.join, WAIT)
         return thread
@@ -188,14 +230,20 @@ class DelayedExecutorStressTest(StressTestCase):
         self.check(not d.is_alive(), 'the scheduler thread is still alive')
 
 
-class PipelineStressTest(StressTestCase):
-    """Emitters (libvirt's role), expediters (driver operations ending)."""
+class EventPathStressTest(StressTestCase):
+    """Emitters (libvirt's role), operators (driver operations ending).
+
+    An operation's end brings its instance's held STOPPED forward to the
+    grace; every STOPPED that goes on is re-checked against a domain state
+    drawn at random.
+    """
 
     INSTANCES = 12
     EMITTERS = 6
     EVENTS_EACH = 500
-    # Seconds a STOPPED is held, one picked per event.
+    # Seconds a STOPPED is held (the delay, or the grace), drawn per read.
     HOLDS = (0.0, 0.001, 0.005, 0.02)
+    GRACES = (0.0, 0.001, 0.005)
 
     def setUp(self):
         super().setUp()
@@ -203,13 +251,9 @@ class PipelineStressTest(StressTestCase):
         self.attempted = collections.defaultdict(list)
         self.active = collections.Counter()
         self.overlaps = []
-        self.rechecked = []
-        self.p = event_path.EventPipeline(
-            self.deliver, 60, 4, green=not concurrency.threading_mode(),
-            hold_for=lambda event: event.hold, recheck=self.recheck,
-            name='lifecycle-stress')
-        self.p.start()
-        self.addCleanup(self.p.stop)
+        # (uuid, whether the domain was found running), per re-check.
+        self.rechecks = []
+        self.state_rng = self.rng(200)
         self.uuids = ['%08d-0000-0000-0000-000000000000' % i
                       for i in range(self.INSTANCES)]
         # Sending order per instance, as the intake saw it.
@@ -218,6 +262,14 @@ class PipelineStressTest(StressTestCase):
         self.send_locks = {uuid: native.Lock() for uuid in self.uuids}
         self.seq = iter(range(10 ** 9))
         self.seq_lock = native.Lock()
+
+    def make_path(self):
+        conf = ChangingConf(self.rng(300), self.HOLDS, self.GRACES, 4)
+        self.p = event_path.EventPath(
+            conf, self.deliver, self.live_state,
+            green=not concurrency.threading_mode(), name='lifecycle-stress')
+        self.p.start()
+        self.addCleanup(self.p.stop)
 
     def deliver(self, event):
         with self.lock:
@@ -232,26 +284,28 @@ class PipelineStressTest(StressTestCase):
             raise RuntimeError('handler failed on %d' % event.seq)
         return True
 
-    def recheck(self, event):
+    def live_state(self, uuid):
+        """The domain's state for the re-check of a STOPPED of ``uuid``."""
         with self.lock:
-            self.rechecked.append(event)
-        return 'domain is running again' if event.running else None
+            running = self.state_rng.random() < 0.2
+            self.rechecks.append((uuid, running))
+        return RUNNING if running else SHUTOFF
 
     def emit(self, rng):
-        """Send one event; False once the pipeline refuses it."""
+        """Send one event; False once the path refuses it."""
         uuid = rng.choice(self.uuids)
         kind = rng.choice(KINDS)
-        hold = rng.choice(self.HOLDS)
+        detail = (rng.choice(STOPPED_DETAILS)
+                  if kind == libvirt_events.DOMAIN_EVENT_STOPPED else 0)
         fail = rng.random() < 0.05
-        running = rng.random() < 0.2
         # Under the instance's lock, the sequence numbers of an instance
         # follow its sending order.
         with self.send_locks[uuid]:
             with self.seq_lock:
                 seq = next(self.seq)
-            event = StressEvent(uuid, kind, seq, hold, fail, running)
+            event = StressEvent(uuid, kind, detail, seq, fail)
             try:
-                self.p.queue_event(event)
+                self.p.queue(event)
             except RuntimeError:
                 return False
             self.sent[uuid].append(event)
@@ -272,26 +326,28 @@ class PipelineStressTest(StressTestCase):
             if not self.emit(rng):
                 return
 
-    def expediter(self, n, done):
+    def operator(self, n, done):
+        """Driver operations on random instances until ``done``."""
         rng = self.rng(100 + n)
         while not done.is_set():
-            self.p.expedite(rng.choice(self.uuids),
-                            rng.choice([0.0, 0.0, 0.002]))
+            with self.p.track(rng.choice(self.uuids),
+                              rng.choice(OPERATIONS)):
+                threading.Event().wait(rng.choice([0.0, 0.0, 0.002]))
             threading.Event().wait(0.0005)
 
     def balance_checker(self, done, seen):
         while not done.is_set():
-            stats = self.p.ledger.snapshot()
-            seen.append(stats['received'] == stats['delivered'] +
-                        stats['cancelled'] + stats['failed'] +
-                        stats['pending'] and stats['pending'] >= 0)
+            stats = self.p.status().counts
+            seen.append(lc_fixtures.balanced(stats) and
+                        stats['pending'] >= 0)
             threading.Event().wait(0.001)
 
     def run_stress(self, stop_midway=False):
+        self.make_path()
         done = threading.Event()
         samples = []
-        helpers = [self.start(functools.partial(self.expediter, n, done),
-                              'stress-expediter-%d' % n) for n in range(2)]
+        helpers = [self.start(functools.partial(self.operator, n, done),
+                              'stress-operator-%d' % n) for n in range(2)]
         helpers.append(self.start(
             functools.partial(self.balance_checker, done, samples),
             'stress-balance'))
@@ -317,11 +373,11 @@ class PipelineStressTest(StressTestCase):
         done.set()
         self.join_all(helpers)
         total = sum(len(sent) for sent in self.sent.values())
-        self.check(self.p.ledger.wait_settled(total, WAIT),
-                   'events still pending: %s' % self.p.ledger.snapshot())
+        self.check(lc_fixtures.wait_settled(self.p, total, WAIT),
+                   'events still pending: %s' % self.p.status().counts)
         self.check(samples and all(samples),
                    'the ledger did not balance at some moment')
-        return total, self.p.ledger.snapshot()
+        return total, self.p.status().counts
 
     def check_order(self):
         self.check(not self.overlaps, 'one instance handled twice at once')
@@ -333,7 +389,7 @@ class PipelineStressTest(StressTestCase):
                            for got in self.attempted[uuid]),
                        'instance %s handled out of order' % uuid)
 
-    def test_emitters_expediters_and_failures_on_overlapping_instances(self):
+    def test_emitters_operators_and_failures_on_overlapping_instances(self):
         total, stats = self.run_stress()
         self.assertEqual(self.EMITTERS * self.EVENTS_EACH, total)
         self.assertEqual(total, stats['received'])
@@ -341,21 +397,27 @@ class PipelineStressTest(StressTestCase):
         attempted = [e for events_ in self.attempted.values()
                      for e in events_]
         sent = [e for events_ in self.sent.values() for e in events_]
-        stopped = [e for e in sent if e.libvirt_event == libvirt_events.DOMAIN_EVENT_STOPPED]
+        stopped_kind = libvirt_events.DOMAIN_EVENT_STOPPED
+        stopped = [e for e in sent if e.libvirt_event == stopped_kind]
         # Every event other than a STOPPED reached the handler.
         self.assertEqual(
-            sorted(e.seq for e in sent if e.libvirt_event != libvirt_events.DOMAIN_EVENT_STOPPED),
+            sorted(e.seq for e in sent if e.libvirt_event != stopped_kind),
             sorted(e.seq for e in attempted
-                   if e.libvirt_event != libvirt_events.DOMAIN_EVENT_STOPPED))
+                   if e.libvirt_event != stopped_kind))
         reasons = collections.Counter(stats['cancelled_by_reason'])
         superseded = sum(count for reason, count in reasons.items()
                          if reason.startswith('superseded by '))
-        # A STOPPED was superseded, or re-checked exactly once (expedited
-        # or not); a re-check that found the domain running dropped it.
-        self.assertEqual(len(stopped) - superseded, len(self.rechecked))
-        self.assertEqual(len(self.rechecked),
-                         len({id(e) for e in self.rechecked}))
-        running = sum(1 for e in self.rechecked if e.running)
+        # A STOPPED was superseded, or re-checked exactly once (brought
+        # forward or not): it reached the handler once, or the re-check
+        # found the domain running and dropped it.
+        self.assertEqual(len(stopped) - superseded, len(self.rechecks))
+        handled_stops = [e for e in attempted if e.libvirt_event ==
+                         stopped_kind]
+        self.assertEqual(len(handled_stops),
+                         len({id(e) for e in handled_stops}))
+        running = sum(1 for _, found_running in self.rechecks
+                      if found_running)
+        self.assertEqual(len(self.rechecks), len(handled_stops) + running)
         self.assertEqual(running, reasons.pop('domain is running again', 0))
         self.assertEqual(superseded, sum(reasons.values()), reasons)
         failing = sum(1 for e in attempted if e.fail)
@@ -363,8 +425,8 @@ class PipelineStressTest(StressTestCase):
                          stats['failed_by_error'])
         self.assertEqual(len(attempted) - failing, stats['delivered'])
 
-    def test_stop_while_threads_emit_and_expedite(self):
-        # Some STOPPED events are still held when the pipeline stops.
+    def test_stop_while_threads_emit_and_operate(self):
+        # Some STOPPED events are still held when the path stops.
         self.HOLDS = (0.0, 0.005, 60.0)
         total, stats = self.run_stress(stop_midway=True)
         # Every event an emitter got in was received and ended.
