@@ -13,7 +13,7 @@
 """The deployment as the scenarios see it: the API, the compute, waits.
 
 :class:`Environment` is the ``env`` of the scenarios
-(:mod:`nova_lifecycle.mainjob.scenarios`): it boots servers and acts on
+(:mod:`mainjob.scenarios`): it boots servers and acts on
 them through Nova's REST API (the harness's client, as admin), polls the
 API for a state, waits for the driver to handle its events, counts the
 compute manager's stop()/force_stop() calls and stops the compute service
@@ -25,10 +25,10 @@ import time
 
 from nova.tests.functional.api import client
 
+from mainjob import results
+from mainjob import scenarios
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests.functional import base as func_base
 
 CONF = conf.CONF
