@@ -240,6 +240,6 @@ class FakeDeployment(DeploymentMixin, libvirt_base.ServersTestBase):
         host.get_connection = types.MethodType(
             func_base._REAL_GET_CONNECTION, host)
         self.assertIs(connection, host.get_connection())
-        self.assertIn(fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE,
+        self.assertIn(fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                       connection._event_callbacks)
         return service
