@@ -37,6 +37,9 @@ import time
 import unittest
 
 os.environ['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = 'true'
+# The main job (mainjob/, beside benchmarks/) is not installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
 from nova_lifecycle import tests  # noqa: E402,F401 (concurrency mode)
 
@@ -45,8 +48,8 @@ from nova.tests.fixtures import libvirt as fakelibvirt  # noqa: E402
 from nova.virt import fake  # noqa: E402
 from nova.virt.libvirt import driver as libvirt_driver  # noqa: E402
 
+from mainjob import upstream as upstream_events  # noqa: E402
 from nova_lifecycle import concurrency  # noqa: E402
-from nova_lifecycle.mainjob import upstream as upstream_events  # noqa: E402
 from nova_lifecycle.virt import driver as lc_driver  # noqa: E402
 
 ARGS = None

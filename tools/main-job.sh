@@ -18,7 +18,7 @@
 #                                           (tools/build-test-guest.sh) and
 #                                           installs qemu-img (qemu-utils)
 #
-# Every other argument goes to `python -m nova_lifecycle.mainjob` (e.g.
+# Every other argument goes to `python -m mainjob` (e.g.
 # --scenarios boot,soft-reboot). NOVA_LIFECYCLE_MAINJOB_ENVS chooses the tox
 # environments (default: mainjob-nova34,mainjob-nova33). Exit status: 0 when
 # every scenario passed on the plugin in every run; upstream's results are

@@ -50,9 +50,9 @@ import fixtures
 from testtools import content
 
 from nova_lifecycle import concurrency
-from nova_lifecycle import testguest
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.tests import testguest
 
 try:
     import libvirt

@@ -24,24 +24,30 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 
 import fixtures
 import testtools
 
+from mainjob import cli
+from mainjob import fakevirt
+from mainjob import plot
+from mainjob import realvirt
+from mainjob import results
+from mainjob import runner
+from mainjob import scenarios
+from mainjob import tables
 from nova_lifecycle import concurrency
-from nova_lifecycle.mainjob import cli
-from nova_lifecycle.mainjob import fakevirt
-from nova_lifecycle.mainjob import plot
-from nova_lifecycle.mainjob import realvirt
-from nova_lifecycle.mainjob import report
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import runner
-from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests import base
 from nova_lifecycle.tests import fixtures as lc_fixtures
+from nova_lifecycle.tests import testguest
 
+# The checkout, where ``python -m mainjob`` runs.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 PLUGIN, UPSTREAM = results.PLUGIN, results.UPSTREAM
 
 
@@ -71,7 +77,7 @@ def info():
 class TableTest(base.TestCase):
 
     def test_one_row_per_scenario_with_both_drivers(self):
-        text = report.format_table(info(), sample_results())
+        text = tables.format_table(info(), sample_results())
         lines = text.splitlines()
         self.assertEqual('Main job: nova 34.0.0, threading mode, nova\'s '
                          'fake libvirt', lines[0])
@@ -91,13 +97,13 @@ class TableTest(base.TestCase):
         self.assertEqual(['FAIL', '-', '-', '2'], upstream.split())
 
     def test_columns_line_up(self):
-        text = report.format_table(info(), sample_results())
+        text = tables.format_table(info(), sample_results())
         table = [line for line in text.splitlines() if '|' in line]
         self.assertEqual(1, len({line.index('|') for line in table}))
         self.assertEqual(1, len({line.rindex('|') for line in table}))
 
     def test_notes_give_reasons_and_steps(self):
-        notes = report.format_notes(sample_results())
+        notes = tables.format_notes(sample_results())
         self.assertIn('upstream / pause resume: FAIL: the API shows ACTIVE',
                       notes)
         self.assertIn('plugin / pause resume: steps: pause 0.07 s, '
@@ -107,13 +113,13 @@ class TableTest(base.TestCase):
 
     def test_a_driver_that_did_not_run(self):
         only_plugin = [r for r in sample_results() if r.driver == PLUGIN]
-        text = report.format_table(info(), only_plugin)
+        text = tables.format_table(info(), only_plugin)
         self.assertIn('not run', text)
-        text = report.format_table(info(), only_plugin, drivers=[PLUGIN])
+        text = tables.format_table(info(), only_plugin, drivers=[PLUGIN])
         self.assertNotIn('upstream', text)
 
     def test_json_holds_every_result(self):
-        data = json.loads(report.to_json(info(), sample_results()))
+        data = json.loads(tables.to_json(info(), sample_results()))
         self.assertEqual('34.0.0', data['run']['nova_version'])
         self.assertEqual(6, len(data['results']))
         first = data['results'][0]
@@ -122,11 +128,11 @@ class TableTest(base.TestCase):
                           first['passed'], first['latency']))
 
     def test_exit_status_follows_the_plugin_only(self):
-        self.assertEqual(0, report.exit_status(sample_results()))
+        self.assertEqual(0, tables.exit_status(sample_results()))
         failing = sample_results()
         failing[1].passed = False
-        self.assertEqual(1, report.exit_status(failing))
-        self.assertEqual(0, report.exit_status([]))
+        self.assertEqual(1, tables.exit_status(failing))
+        self.assertEqual(0, tables.exit_status([]))
 
 
 def decode_png(data):
@@ -293,6 +299,23 @@ class CliTest(base.TestCase):
         self.assertEqual(0, cli.main(['--list-scenarios'], stdout=out))
         names = [line.split()[0] for line in out.getvalue().splitlines()]
         self.assertEqual(list(scenarios.NAMES), names)
+
+    def test_default_guest_dir_is_the_test_guests(self):
+        self.assertEqual(testguest.DEFAULT_DIR, cli.DEFAULT_GUEST_DIR)
+
+    def test_arguments_are_parsed_without_nova(self):
+        # A fresh interpreter, as `python -m mainjob --help` starts: the
+        # concurrency mode must not be chosen by an import of the command
+        # line (nova_lifecycle.tests, for one, imports Nova).
+        code = ('import sys\n'
+                'from mainjob import cli\n'
+                'cli.parse_args(["--scenarios", "boot"])\n'
+                'print(" ".join(sorted(name for name in sys.modules\n'
+                '    if name.split(".")[0] in ("nova", "eventlet"))))\n')
+        out = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                             stdout=subprocess.PIPE, check=True,
+                             universal_newlines=True).stdout
+        self.assertEqual('', out.strip())
 
 
 class MeasureTest(base.TestCase):

@@ -16,14 +16,14 @@ Nova's functional-test harness runs the API (through its WSGI app),
 conductor, scheduler and placement, with SQLite databases and in-process
 messaging; it is a ``testtools`` test case, so a deployment is one: its
 ``setUp`` starts everything, its only test runs the scenarios
-(``body(env)``, see :mod:`nova_lifecycle.mainjob.environment`), and its
+(``body(env)``, see :mod:`mainjob.environment`), and its
 cleanups stop everything again. The functional tests' fixtures are reused
 from :mod:`nova_lifecycle.tests.functional.base` (realistic lifecycle
 details, the compute API call recorder, the bulk stats call, and the two
 workarounds nova 33's harness needs under native threads).
 :class:`FakeDeployment` runs on Nova's fake libvirt;
-:mod:`nova_lifecycle.mainjob.realvirt` has the real one. Upstream's driver
-gets its event threads back (:mod:`nova_lifecycle.mainjob.upstream`).
+:mod:`mainjob.realvirt` has the real one. Upstream's driver
+gets its event threads back (:mod:`mainjob.upstream`).
 """
 
 import inspect
@@ -36,12 +36,12 @@ from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.libvirt import base as libvirt_base
 from nova.virt import driver as virt_driver
 
+from mainjob import environment
+from mainjob import fakevirt
+from mainjob import results
+from mainjob import upstream
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
-from nova_lifecycle.mainjob import environment
-from nova_lifecycle.mainjob import fakevirt
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import upstream
 from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.functional import base as func_base
 
@@ -123,7 +123,7 @@ class DeploymentMixin:
         self.env = None
 
     def id(self):
-        return 'nova_lifecycle.mainjob.%s' % self.driver_kind
+        return 'mainjob.%s' % self.driver_kind
 
     def setUp(self):
         self.addCleanup(self._save_log)
@@ -240,6 +240,6 @@ class FakeDeployment(DeploymentMixin, libvirt_base.ServersTestBase):
         host.get_connection = types.MethodType(
             func_base._REAL_GET_CONNECTION, host)
         self.assertIs(connection, host.get_connection())
-        self.assertIn(fakelibvirt.DOMAIN_EVENT_ID_LIFECYCLE,
+        self.assertIn(fakelibvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                       connection._event_callbacks)
         return service

@@ -242,7 +242,7 @@ def _hatch(canvas, x, y, w, h, colour):
 
 
 def rows_from_results(results, drivers=('plugin', 'upstream')):
-    """Chart rows from :class:`~nova_lifecycle.mainjob.results.Result`."""
+    """Chart rows from :class:`~mainjob.results.Result`."""
     rows = {}
     for result in results:
         if result.driver not in drivers:

@@ -13,7 +13,7 @@
 """The main job's scenarios, driven through Nova's REST API.
 
 A scenario is a function ``run(env, m)``. ``env`` is the deployment seen
-from outside (:class:`nova_lifecycle.mainjob.deployment.Environment`): the
+from outside (:class:`mainjob.deployment.Environment`): the
 API, the hypervisor (``env.hv``, Nova's fake libvirt or a real libvirtd)
 and the compute service; ``m`` (:class:`Measure`) collects what was
 measured. A scenario raises :class:`ScenarioFailed` when Nova does not
@@ -25,7 +25,7 @@ Times are ``time.monotonic()`` seconds. The hypervisor change is the
 moment the domain's state changed: with the fake, the time the lifecycle
 event was emitted (the fake emits it as it changes the state); with a real
 libvirtd, the first time a watcher polling the domain every 20 ms saw the
-new state (see :mod:`nova_lifecycle.mainjob.realvirt`).
+new state (see :mod:`mainjob.realvirt`).
 """
 
 import dataclasses

@@ -15,14 +15,18 @@
 Shared by the integration tests and the main job's real-libvirt mode:
 where the project's tools are (the guest's build script, the libvirtd
 set-up script), where the built guest lives and why it cannot be used
-(missing, or built by an older version of the script).
+(missing, or built by an older version of the script). It runs from a
+checkout: ``tools/`` is beside ``nova_lifecycle/`` there, and in no
+installed package.
 """
 
 import hashlib
 import os
 
+# nova_lifecycle/tests/testguest.py -> <checkout>/tools
 TOOLS = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), os.pardir, 'tools'))
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+    'tools'))
 BUILD_SCRIPT = os.path.join(TOOLS, 'build-test-guest.sh')
 LIBVIRT_SETUP_SCRIPT = os.path.join(TOOLS, 'libvirt-setup.sh')
 DEFAULT_DIR = '/var/cache/nova-lifecycle/guest'

@@ -13,7 +13,7 @@
 """The deployment as the scenarios see it: the API, the compute, waits.
 
 :class:`Environment` is the ``env`` of the scenarios
-(:mod:`nova_lifecycle.mainjob.scenarios`): it boots servers and acts on
+(:mod:`mainjob.scenarios`): it boots servers and acts on
 them through Nova's REST API (the harness's client, as admin), polls the
 API for a state, waits for the driver to handle its events, counts the
 compute manager's stop()/force_stop() calls and stops the compute service
@@ -25,10 +25,10 @@ import time
 
 from nova.tests.functional.api import client
 
+from mainjob import results
+from mainjob import scenarios
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests.functional import base as func_base
 
 CONF = conf.CONF
@@ -180,12 +180,12 @@ class Environment:
         """
         if self.driver != results.PLUGIN:
             return
-        driver = self.compute_driver
-        if not wait_until(lambda: driver._lifecycle_stats()['pending'] == 0,
-                          SETTLE_WAIT):
+        path = self.compute_driver.event_path
+        if not path.wait_for_counts(lambda c: c['pending'] == 0,
+                                    SETTLE_WAIT):
             raise scenarios.ScenarioFailed(
                 'the plugin still holds events after %.0f s: %s'
-                % (SETTLE_WAIT, driver._lifecycle_stats()))
+                % (SETTLE_WAIT, path.status().counts))
 
     def settle_all(self, timeout=SETTLE_WAIT):
         """Wait for every held STOPPED event, on either driver.
@@ -194,8 +194,8 @@ class Environment:
         """
         driver = self.compute_driver
         if self.driver == results.PLUGIN:
-            return wait_until(
-                lambda: driver._lifecycle_stats()['pending'] == 0, timeout)
+            return driver.event_path.wait_for_counts(
+                lambda c: c['pending'] == 0, timeout)
         return wait_until(lambda: not driver._host._events_delayed, timeout)
 
     def compute_enabled(self):
@@ -229,10 +229,11 @@ class Environment:
         """The plugin's ledger must balance and have no failed events."""
         if self.driver != results.PLUGIN:
             return []
-        stats = self.compute_driver._lifecycle_stats()
+        stats = self.compute_driver.event_path.status().counts
         problems = []
-        if stats['received'] != (stats['delivered'] + stats['cancelled'] +
-                                 stats['failed'] + stats['pending']):
+        if stats['double_ends'] or stats['received'] != (
+                stats['delivered'] + stats['cancelled'] + stats['failed'] +
+                stats['pending']):
             problems.append('ledger does not balance: %s' % stats)
         if stats['failed_by_error']:
             problems.append('events failed: %s' % stats['failed_by_error'])

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Command line of the main job: ``python -m nova_lifecycle.mainjob``.
+"""Command line of the main job: ``python -m mainjob``.
 
 Arguments are parsed before Nova is imported, so that ``--help`` and
 ``--list-scenarios`` need no Nova and Nova's concurrency mode
@@ -23,13 +23,14 @@ import argparse
 import os
 import sys
 
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import scenarios
-from nova_lifecycle import testguest
+from mainjob import results
+from mainjob import scenarios
 
 FAKE = 'fake'
 OUTPUT_DIR = os.path.join('build', 'mainjob')
-DEFAULT_GUEST_DIR = testguest.DEFAULT_DIR
+# nova_lifecycle.tests.testguest.DEFAULT_DIR, spelt out: importing
+# nova_lifecycle.tests loads Nova (test_mainjob checks that they agree).
+DEFAULT_GUEST_DIR = '/var/cache/nova-lifecycle/guest'
 # Seconds one deployment (all scenarios on one driver) may run before
 # Nova's harness stops it (OS_TEST_TIMEOUT).
 DEPLOYMENT_TIMEOUT = 900
@@ -41,7 +42,7 @@ def _csv(value):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog='python -m nova_lifecycle.mainjob',
+        prog='python -m mainjob',
         description='Single-host Nova in one process (API, conductor, '
                     'scheduler, placement, SQLite) whose compute runs the '
                     'plugin, then upstream\'s libvirt driver; the same '
@@ -155,12 +156,12 @@ def main(argv=None, stdout=None):
     monkey_patch.patch()
     _quiet_harness()
 
+    from mainjob import runner
+    from mainjob import tables
     from nova_lifecycle import concurrency
-    from nova_lifecycle.mainjob import report
-    from nova_lifecycle.mainjob import runner
 
     if options.real:
-        from nova_lifecycle.mainjob import realvirt
+        from mainjob import realvirt
         problem = realvirt.problem(options.libvirt_uri, options.guest_dir)
         if problem:
             out.write('main job: cannot use %s: %s\n'
@@ -169,7 +170,7 @@ def main(argv=None, stdout=None):
         factory = realvirt.deployment_factory(options.libvirt_uri,
                                               options.guest_dir)
     else:
-        from nova_lifecycle.mainjob import deployment
+        from mainjob import deployment
         factory = deployment.FakeDeployment
 
     mode = 'threading' if concurrency.threading_mode() else 'eventlet'
@@ -187,9 +188,9 @@ def main(argv=None, stdout=None):
     all_results, info.settings = runner.run(
         options.drivers, options.selected, factory, progress, log_dir)
 
-    out.write('\n' + report.format_table(info, all_results, options.drivers)
+    out.write('\n' + tables.format_table(info, all_results, options.drivers)
               + '\n')
-    from nova_lifecycle.mainjob import plot
+    from mainjob import plot
     os.makedirs(os.path.dirname(plot_path) or '.', exist_ok=True)
     plot.write_plot(plot_path, all_results,
                     'CHANGE TO API LATENCY, %s' % info.describe(),
@@ -198,9 +199,9 @@ def main(argv=None, stdout=None):
     if options.json:
         os.makedirs(os.path.dirname(options.json) or '.', exist_ok=True)
         with open(options.json, 'w') as f:
-            f.write(report.to_json(info, all_results))
+            f.write(tables.to_json(info, all_results))
         out.write('json: %s\n' % options.json)
-    status = report.exit_status(all_results)
+    status = tables.exit_status(all_results)
     out.write('main job: %s\n' % ('PASS' if status == 0 else
                                   'FAIL (a plugin scenario failed)'))
     return status

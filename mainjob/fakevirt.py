@@ -39,9 +39,9 @@ import time
 import fixtures
 from nova.tests.fixtures import libvirt as fakelibvirt
 
+from mainjob import scenarios
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
-from nova_lifecycle.mainjob import scenarios
 from nova_lifecycle.tests.functional import base as func_base
 
 # Seconds an ACPI-honouring fake guest takes to power off.

@@ -14,7 +14,7 @@
 
 Progress goes to the stream given (one line when a scenario starts, one
 when it ends); the results come back as
-:class:`~nova_lifecycle.mainjob.results.Result` objects. A scenario's
+:class:`~mainjob.results.Result` objects. A scenario's
 verdict is given when it ends and revised before the compute stops, once
 every event still held was handled: a stop() call that a late STOPPED
 event caused is then counted too.
@@ -26,9 +26,9 @@ import traceback
 
 import testtools
 
+from mainjob import results
+from mainjob import scenarios as scenarios_mod
 from nova_lifecycle import concurrency
-from nova_lifecycle.mainjob import results
-from nova_lifecycle.mainjob import scenarios as scenarios_mod
 
 
 class Progress:

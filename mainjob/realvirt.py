@@ -53,11 +53,11 @@ from nova.tests.functional import integrated_helpers
 from nova.virt.libvirt import host as nova_host
 import psutil
 
+from mainjob import deployment
+from mainjob import environment
+from mainjob import scenarios
 from nova_lifecycle import concurrency
-from nova_lifecycle.mainjob import deployment
-from nova_lifecycle.mainjob import environment
-from nova_lifecycle.mainjob import scenarios
-from nova_lifecycle import testguest
+from nova_lifecycle.tests import testguest
 from nova_lifecycle.virt import host as lifecycle_host
 
 SETUP_SCRIPT = testguest.LIBVIRT_SETUP_SCRIPT

@@ -10,10 +10,10 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``python -m nova_lifecycle.mainjob``: see :mod:`nova_lifecycle.mainjob`."""
+"""``python -m mainjob``: see :mod:`mainjob`."""
 
 import sys
 
-from nova_lifecycle.mainjob import cli
+from mainjob import cli
 
 sys.exit(cli.main())

@@ -14,7 +14,7 @@
 
 import json
 
-from nova_lifecycle.mainjob import results as results_mod
+from mainjob import results as results_mod
 
 LATENCY_HELP = (
     'change->API: from the hypervisor change (the domain\'s new state) to '
