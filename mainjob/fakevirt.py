@@ -119,9 +119,11 @@ class PauseEvents(fixtures.Fixture):
     def _setUp(self):
         domain = fakelibvirt.Domain
         _patch(self, 'Domain.suspend', self._wrap(
-            domain.suspend, libvirt_events.DOMAIN_EVENT_SUSPENDED, SUSPENDED_PAUSED))
+            domain.suspend, libvirt_events.DOMAIN_EVENT_SUSPENDED,
+            SUSPENDED_PAUSED))
         _patch(self, 'Domain.resume', self._wrap(
-            domain.resume, libvirt_events.DOMAIN_EVENT_RESUMED, RESUMED_UNPAUSED))
+            domain.resume, libvirt_events.DOMAIN_EVENT_RESUMED,
+            RESUMED_UNPAUSED))
 
     @staticmethod
     def _wrap(method, event, detail):
@@ -283,7 +285,7 @@ class FakeHypervisor:
         changed = time.monotonic()
         self.connection._emit_lifecycle(
             dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
-                                        libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+            libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
         dom._state = SHUTOFF
         self.connection._mark_not_running(dom)
         return changed
