@@ -58,15 +58,6 @@ def native_threading():
     return patcher.original('threading')
 
 
-def native_queue():
-    """The unpatched ``queue`` module, whatever the mode."""
-    if threading_mode():
-        import queue
-        return queue
-    from eventlet import patcher
-    return patcher.original('queue')
-
-
 def native_time():
     """The unpatched ``time`` module, whatever the mode."""
     if threading_mode():

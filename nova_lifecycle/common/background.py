@@ -34,7 +34,6 @@ class SingleRunner:
         self._stopping = threading.Event()
         self._thread = None
         self._again = False
-        self.runs = 0
 
     def trigger(self):
         """Run the job soon; False once the runner is stopped."""
@@ -74,7 +73,6 @@ class SingleRunner:
             except Exception:
                 LOG.exception('%s failed', self._name)
             with self._lock:
-                self.runs += 1
                 if not self._again or self._stopping.is_set():
                     self._thread = None
                     return

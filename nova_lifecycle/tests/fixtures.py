@@ -12,6 +12,8 @@
 
 """Fixtures shared by the plugin's tests."""
 
+import threading
+
 import fixtures
 from nova.virt.libvirt import host as nova_host
 
@@ -102,3 +104,52 @@ class PathCounts:
 
     def wait_settled(self, received, timeout=None):
         return wait_settled(self._path, received, timeout)
+
+
+class CountedCalls(fixtures.Fixture):
+    """Counts the calls of a method that have returned (or raised).
+
+    ``CountedCalls('nova_lifecycle.compute.hooks.ManagerHooks.resync')``;
+    ``wait_for(n)`` waits until ``n`` calls have ended.
+    """
+
+    def __init__(self, target):
+        super().__init__()
+        self._target = target
+        self.ended = 0
+        self._cond = threading.Condition()
+
+    def _setUp(self):
+        module_path, _, name = self._target.rpartition('.')
+        owner = _resolve(module_path)
+        method = getattr(owner, name)
+        counter = self
+
+        def counted(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with counter._cond:
+                    counter.ended += 1
+                    counter._cond.notify_all()
+
+        self.useFixture(fixtures.MonkeyPatch(self._target, counted))
+
+    def wait_for(self, count, timeout=10):
+        with self._cond:
+            return self._cond.wait_for(lambda: self.ended >= count, timeout)
+
+
+def _resolve(dotted):
+    """The object a dotted path names (a module or a class in one)."""
+    import importlib
+    parts = dotted.split('.')
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module('.'.join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)

@@ -24,6 +24,7 @@ from nova.compute import vm_states
 from nova import objects
 
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.functional import base
 
 
@@ -193,7 +194,8 @@ class ConnectionLostTest(PowerStateTestCase):
         server = self._create_server(networks='none')
         self.wait_for_no_pending()
         before = self.lifecycle_stats()
-        resyncs = self.driver._resyncer.runs
+        resyncs = self.useFixture(lc_fixtures.CountedCalls(
+            'nova_lifecycle.compute.hooks.ManagerHooks.resync'))
 
         # The domain stops while libvirt's events cannot reach us.
         self.power_off_silently(server)
@@ -204,8 +206,7 @@ class ConnectionLostTest(PowerStateTestCase):
         self.wait_for_status(server, 'SHUTOFF')
         self.assertEqual([server['id']], self.manager_calls('stop'))
         self.assertEqual([], self.api_calls.made('force_stop'))
-        self.assertTrue(base.wait_until(
-            lambda: self.driver._resyncer.runs > resyncs))
+        self.assertTrue(resyncs.wait_for(1))
         self.assertIsNotNone(self.driver._host._wrapped_conn)
         # The service the lost connection disabled is enabled again.
         self._wait_for_service_parameter(

@@ -108,6 +108,15 @@ def connection_refused():
         fakelibvirt.VIR_FROM_RPC)
 
 
+def native_queue():
+    """The unpatched ``queue`` module, whatever the mode."""
+    if concurrency.threading_mode():
+        import queue
+        return queue
+    from eventlet import patcher
+    return patcher.original('queue')
+
+
 def raw(obj):
     """The fake libvirt object behind eventlet's tpool proxy, if any."""
     return getattr(obj, '_obj', obj)
@@ -543,21 +552,26 @@ class BulkSyncFaultTest(ManagerFaultTestCase):
                          self.driver._recent_power_states().power_state(UUID))
 
     def test_resync_after_a_reconnect_survives_a_failing_bulk_query(self):
-        resyncer = self.driver._resyncer
+        resyncs = self.useFixture(lc_fixtures.CountedCalls(
+            'nova_lifecycle.compute.hooks.ManagerHooks.resync'))
         host = self.driver._host
         self.libvirtd_restarts()
         self.bulk_faults.append(connection_reset())
         host._close_callback(host._wrapped_conn, 'Connection reset', None)
+        self.assertTrue(resyncs.wait_for(1, WAIT))
+        # The runner logs the failure once the job has raised.
         self.assertTrue(wait_until(
-            lambda: resyncer.runs == 1 and not resyncer.is_running()))
+            lambda: not self.driver._resyncer.is_running()))
         self.assertIn('lifecycle-resync failed', self.log)
         self.assertIn('Cannot recv data', self.log)
         self.assertEqual([], self.spawns.spawned)
         self.assert_path_alive()
         # The next outage resyncs normally: the runner was not broken.
         host._close_callback(host._wrapped_conn, 'Connection reset', None)
+        self.assertTrue(resyncs.wait_for(2, WAIT))
         self.assertTrue(wait_until(
-            lambda: resyncer.runs == 2 and not resyncer.is_running()))
+            lambda: not self.driver._resyncer.is_running()))
+        self.assertEqual(2, resyncs.ended)
         self.assertEqual(1, self.spawns.run_all())
         self.assertEqual(2, self.bulk_calls)
         self.stop_and_check_threads()
@@ -576,7 +590,7 @@ class ScriptedLibvirtLoop(fixtures.Fixture):
     BATCH = 10
 
     def _setUp(self):
-        self._steps = concurrency.native_queue().Queue()
+        self._steps = native_queue().Queue()
         self._lock = concurrency.native_threading().Lock()
         self.ran = 0
         self.escaped = []
@@ -588,7 +602,7 @@ class ScriptedLibvirtLoop(fixtures.Fixture):
         self._steps.put(step)
 
     def _iteration(self):
-        empty = concurrency.native_queue().Empty
+        empty = native_queue().Empty
         for n in range(self.BATCH):
             try:
                 step = (self._steps.get(timeout=0.005) if n == 0
