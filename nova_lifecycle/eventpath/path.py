@@ -27,7 +27,6 @@ import functools
 import logging
 import threading
 
-import futurist
 from nova.virt import event as virtevent
 
 from nova_lifecycle.common import delayed
@@ -112,11 +111,10 @@ class EventPipeline:
         self._executor = concurrency.make_executor(workers, name + '-dispatch')
         self._dispatcher = dispatch.KeyedDispatcher(self._executor,
                                                     name + '-dispatch')
-        # The scheduler hands a due STOPPED straight to the dispatcher,
-        # which only queues it, so no pool is needed in between.
-        self._delayed = delayed.DelayedExecutor(
-            futurist.SynchronousExecutor(), stopped_event_delay,
-            name=name + '-delayed')
+        self._stopped_event_delay = stopped_event_delay
+        # A due STOPPED runs _release on the scheduler thread, which only
+        # queues it on the dispatcher: quick, as the scheduler requires.
+        self._delayed = delayed.DelayedExecutor(name + '-delayed')
         self._inbox = inbox.make_inbox(self._take, name + '-inbox', green)
         self._started = False
 
@@ -161,7 +159,7 @@ class EventPipeline:
                 LOG.info('Pending STOPPED event for instance %s dropped by '
                          'shutdown; the power state sync at the next '
                          'start-up reconciles it.', stop.event.uuid)
-        self._delayed.shutdown(wait=True, cancel_pending=True)
+        self._delayed.shutdown(wait=True, cancel_futures=True)
         self._dispatcher.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
@@ -294,7 +292,7 @@ class EventPipeline:
     def _hold(self, event, delay=None):
         if delay is None:
             delay = (self._hold_for(event) if self._hold_for is not None
-                     else self._delayed.delay)
+                     else self._stopped_event_delay)
         stop = _HeldStop(event)
         try:
             stop.future = self._delayed.submit_after(delay, self._release,

@@ -137,7 +137,7 @@ class LoadedDriverTest(DriverTestCase):
         self.flags(stopped_event_delay=7, dispatch_workers=3,
                    group='lifecycle')
         driver = lc_driver.LibvirtLifecycleDriver(fake.FakeVirtAPI(), False)
-        self.assertEqual(7, driver._pipeline._delayed.delay)
+        self.assertEqual(7, driver._pipeline._stopped_event_delay)
         self.assertEqual(3, driver._pipeline._executor._max_workers)
 
 
