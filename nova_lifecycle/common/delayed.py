@@ -10,28 +10,48 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""A delaying, cancellable front for any executor.
+"""Run a quick call once its delay has passed, unless cancelled before.
 
-``DelayedExecutor.submit`` returns a Future at once and hands the task to a
-real executor (a concurrent.futures or futurist one, passed in) only when
-its delay has passed. Until then ``future.cancel()`` means the task never
-runs. With native threads a running task cannot be stopped, so the delay is
-the only window in which cancelling is certain.
+``DelayedExecutor.submit_after(delay, fn, *args)`` returns a
+``concurrent.futures.Future`` at once and calls ``fn(*args)`` on the
+executor's one scheduler thread when ``delay`` seconds have passed. Until
+then ``future.cancel()`` succeeds and the call never happens; it also
+drops ``fn`` and ``args`` at once, so a cancelled task keeps nothing its
+submitter made alive.
 
-One scheduler thread serves every task: a heap of deadlines, no thread or
-timer per task. Cancelled tasks release their callable and arguments at
-once; their heap slots are dropped lazily and the heap is rebuilt when more
-than half of it is dead, which keeps submit and cancel O(log n) amortised.
+Scope. It is built for many tasks over a few distinct delays (a hold of
+15 s and a grace of 1 s, say), each possibly cancelled. Tasks of the same
+delay share a FIFO lane: with a monotonic clock their deadlines are in
+submission order, so submitting is an append and cancelling clears a
+slot, both O(1). A lane drops cleared slots at its head as they come up
+and is compacted when cleared slots outnumber live ones, so its memory
+stays within about twice the live tasks. The scheduler waits for the
+earliest head of all lanes; a lane that empties is dropped.
 
-The module knows nothing of Nova or libvirt. It uses the ``threading``
-module at call time, so under eventlet monkey patching the scheduler is a
-green thread, as every caller then is.
+What it does not do:
+
+* Run anything slow. Due calls run one after the other on the scheduler
+  thread, so a call must be quick and must not block (hand real work to
+  an executor or a queue from it): a slow one delays every later
+  deadline. A call's result or exception goes to its Future only; nothing
+  is logged.
+* Keep many distinct delays cheap: the scheduler looks at every lane's
+  head, so the cost grows with the number of distinct delays in use.
+* Follow wall-clock changes or guarantee a deadline: it uses
+  ``time.monotonic`` and runs a call at or after its deadline.
+* Stop a call that has started: ``cancel()`` then returns False.
+* Offer more than one way in: no default delay, no keyword arguments
+  (``functools.partial`` carries them), no executor to hand calls to.
+
+No thread starts in the constructor; the named scheduler thread starts
+with the first submit and ends after :meth:`DelayedExecutor.shutdown`.
+The module knows nothing of Nova and uses the ``threading`` module at
+call time, so under eventlet monkey patching the scheduler is a green
+thread, as every caller then is.
 """
 
+import collections
 from concurrent import futures
-import functools
-import heapq
-import itertools
 import threading
 import time
 
@@ -39,249 +59,246 @@ from oslo_log import log as logging
 
 LOG = logging.getLogger(__name__)
 
-# Rebuilding the heap is O(n); do it only when dead slots dominate and the
-# heap is big enough for the memory to matter.
+# A lane is compacted only once it has this many cleared slots (and they
+# outnumber its live ones), so that small lanes are never rebuilt.
 _COMPACT_MIN_DEAD = 64
 
+# Longest single wait of the scheduler, in seconds; it then looks again.
+# Keeps the timeout within what every lock implementation accepts.
+_MAX_WAIT = 3600.0
 
-class _Task:
-    """One submitted task: its Future and, until handed over, its call."""
+PendingTask = collections.namedtuple('PendingTask', ['future', 'remaining'])
+PendingTask.__doc__ = """A task waiting for its deadline.
 
-    __slots__ = ('future', 'call', 'deadline', 'in_heap', '__weakref__')
-
-    def __init__(self, future, call, deadline):
-        self.future = future
-        self.call = call
-        self.deadline = deadline
-        self.in_heap = True
+``remaining`` is the number of seconds left when :meth:`pending` looked.
+"""
 
 
-class PendingTask:
-    """A read-only view of a task still waiting for its deadline."""
+class _Lane:
+    """The waiting tasks of one delay, in deadline order.
 
-    __slots__ = ('future', 'remaining', 'description')
-
-    def __init__(self, future, remaining, description):
-        self.future = future
-        self.remaining = remaining
-        self.description = description
-
-    def __repr__(self):
-        return '<PendingTask %s in %.3fs>' % (self.description,
-                                              self.remaining)
-
-
-def _describe(call):
-    fn, args, _kwargs = call
-    name = getattr(fn, '__qualname__', None) or repr(fn)
-    if args:
-        return '%s(%r%s)' % (name, args[0], ', ...' if len(args) > 1 else '')
-    return '%s()' % name
-
-
-def _run_task(future, fn, args, kwargs):
-    """Run on the real executor; a Future cancelled meanwhile is skipped."""
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
-def _settle_unrun(future, handed):
-    """Done-callback of the executor's Future: end ours if it never ran.
-
-    An executor can end a task it accepted without running it: cancelled
-    (shutdown with cancel_futures) or failed (a pool whose workers cannot
-    start fails its queue). ``_run_task`` then never resolved ``future``,
-    nor notified the waiters of a cancel made after the hand-over; both
-    happen here, so no Future of ours is left pending.
+    ``slots`` holds Futures; a cancelled or taken one leaves None behind.
+    ``slots[head]`` is always a waiting Future while the lane exists.
     """
-    if not handed.cancelled() and handed.exception() is None:
-        return  # _run_task ran: it resolved or notified ``future``.
-    if future.done() and not future.cancelled():
-        return
-    if handed.cancelled() or future.cancelled():
-        future.cancel()
-        future.set_running_or_notify_cancel()
-    elif future.set_running_or_notify_cancel():
-        future.set_exception(handed.exception())
+
+    __slots__ = ('owner', 'delay', 'slots', 'head', 'dead')
+
+    def __init__(self, owner, delay):
+        self.owner = owner
+        self.delay = delay
+        self.slots = []
+        self.head = 0
+        self.dead = 0
+
+
+class _DelayedFuture(futures.Future):
+    """A Future whose cancel() also takes its task off its lane."""
+
+    # _lane is None once the task left it: cancelled, taken or shut down.
+    __slots__ = ('_fn', '_args', '_lane', '_pos', '_deadline')
+
+    def cancel(self):
+        if not super().cancel():
+            return False
+        lane = self._lane
+        if lane is not None and lane.owner._drop(self):
+            # Nobody else will: wake concurrent.futures.wait() and
+            # as_completed(), which count a cancelled Future as done only
+            # once notified.
+            self.set_running_or_notify_cancel()
+        return True
 
 
 class DelayedExecutor:
-    """Hands tasks to ``executor`` once their delay has passed.
+    """Calls ``fn(*args)`` on its scheduler thread after a delay.
 
-    :param executor: runs the tasks; not owned, so never shut down here.
-    :param delay: default delay in seconds for :meth:`submit`.
-    :param name: name of the scheduler thread.
-    :param clock: monotonic clock in seconds (tests may replace it).
-
-    Shutdown policy: ``shutdown(cancel_pending=True)`` (the default)
-    cancels every task still waiting and returns their Futures so the owner
-    can say what was dropped; ``cancel_pending=False`` lets each waiting
-    task run at its own deadline and, with ``wait=True``, returns once the
-    last one has been handed over. Either way no task is silently lost:
-    each Future ends cancelled, with the task's result or with its error.
+    :param name: the name of the scheduler thread.
     """
 
-    def __init__(self, executor, delay, name='delayed-executor',
-                 clock=time.monotonic):
-        if delay < 0:
-            raise ValueError('delay must be >= 0, got %r' % (delay,))
-        self._executor = executor
-        self._delay = delay
+    def __init__(self, name):
         self._name = name
-        self._clock = clock
-        self._cond = threading.Condition()
-        self._heap = []
-        self._sequence = itertools.count()
-        self._dead = 0
+        self._clock = time.monotonic
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._lanes = {}
         self._shutdown = False
         self._thread = None
 
-    @property
-    def delay(self):
-        return self._delay
+    def submit_after(self, delay, fn, /, *args):
+        """Schedule ``fn(*args)`` to run ``delay`` seconds from now.
 
-    def submit(self, fn, /, *args, **kwargs):
-        """Schedule ``fn(*args, **kwargs)`` after the default delay."""
-        return self.submit_after(self._delay, fn, *args, **kwargs)
-
-    def submit_after(self, delay, fn, /, *args, **kwargs):
-        """Schedule ``fn(*args, **kwargs)`` after ``delay`` seconds."""
-        if delay < 0:
-            raise ValueError('delay must be >= 0, got %r' % (delay,))
-        future = futures.Future()
-        with self._cond:
+        :returns: a ``concurrent.futures.Future`` for the call.
+        :raises ValueError: ``delay`` is negative (or not a number).
+        :raises RuntimeError: after :meth:`shutdown`.
+        """
+        future = _DelayedFuture()
+        future._fn = fn
+        future._args = args
+        with self._lock:
             if self._shutdown:
-                raise RuntimeError('%s is shut down' % self._name)
-            task = _Task(future, (fn, args, kwargs), self._clock() + delay)
-            entry = (task.deadline, next(self._sequence), task)
-            heapq.heappush(self._heap, entry)
-            self._ensure_thread()
-            if self._heap[0] is entry:
-                self._cond.notify()
-        future.add_done_callback(functools.partial(self._forget, task))
+                raise RuntimeError('cannot schedule new futures after '
+                                   'shutdown')
+            lane = self._lanes.get(delay)
+            if lane is None:
+                lane = self._add_lane(delay)
+            slots = lane.slots
+            future._lane = lane
+            future._pos = len(slots)
+            # Read under the lock: a lane's deadlines follow its slots.
+            future._deadline = self._clock() + delay
+            slots.append(future)
         return future
 
     def pending_count(self):
-        """Tasks waiting for their deadline (cancelled ones excluded)."""
-        with self._cond:
-            return len(self._heap) - self._dead
+        """The number of tasks waiting for their deadline."""
+        with self._lock:
+            return sum(len(lane.slots) - lane.dead
+                       for lane in self._lanes.values())
 
     def pending(self):
-        """Snapshot of the waiting tasks, soonest first, for reports."""
-        now = self._clock()
-        with self._cond:
-            entries = sorted(e for e in self._heap if e[2].call is not None)
-            return [PendingTask(t.future, max(0.0, t.deadline - now),
-                                _describe(t.call))
-                    for _d, _s, t in entries]
+        """The waiting tasks as :class:`PendingTask`, soonest first."""
+        with self._lock:
+            now = self._clock()
+            waiting = [future for lane in self._lanes.values()
+                       for future in lane.slots[lane.head:]
+                       if future is not None]
+        waiting.sort(key=lambda future: future._deadline)
+        return [PendingTask(future, max(0.0, future._deadline - now))
+                for future in waiting]
 
     def is_alive(self):
         """True while the scheduler thread runs."""
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def shutdown(self, wait=True, cancel_pending=True):
-        """Stop taking tasks; see the class docstring for the policy.
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Take no more tasks; end the scheduler once none waits.
 
-        :returns: the Futures this call cancelled.
+        As ``concurrent.futures.Executor.shutdown``: tasks already
+        submitted still run at their deadlines unless ``cancel_futures``,
+        so ``wait=True`` alone may block until the last deadline.
+
+        :param wait: return only once the scheduler thread has ended.
+        :param cancel_futures: cancel every task still waiting first.
         """
-        with self._cond:
-            self._shutdown = True
-            waiting = [t.future for _d, _s, t in self._heap
-                       if t.call is not None]
-            self._cond.notify_all()
-            thread = self._thread
         cancelled = []
-        if cancel_pending:
-            cancelled = [f for f in waiting if f.cancel()]
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                for lane in self._lanes.values():
+                    for future in lane.slots[lane.head:]:
+                        if future is not None:
+                            future._lane = None
+                            future._fn = future._args = None
+                            cancelled.append(future)
+                self._lanes.clear()
+            self._wakeup.notify()
+            thread = self._thread
+        for future in cancelled:
+            # Off its lane, so cancel() leaves the notification to us.
+            future.cancel()
+            future.set_running_or_notify_cancel()
+        if cancelled:
+            LOG.debug('%s: shutdown cancelled %d waiting tasks',
+                      self._name, len(cancelled))
         if wait and thread is not None:
             thread.join()
-        return cancelled
 
-    def _ensure_thread(self):
-        # Called with the condition held.
+    # Called with the lock held.
+
+    def _add_lane(self, delay):
+        if not delay >= 0:
+            raise ValueError('delay must be >= 0, got %r' % (delay,))
+        lane = self._lanes[delay] = _Lane(self, delay)
         if self._thread is None:
-            self._thread = threading.Thread(target=self._schedule,
+            self._thread = threading.Thread(target=self._run,
                                             name=self._name, daemon=True)
             self._thread.start()
+        else:
+            # Its head may be due before the one the scheduler waits for.
+            self._wakeup.notify()
+        return lane
 
-    def _forget(self, task, future):
-        """Done-callback: drop a cancelled task's call and Future at once."""
-        if not future.cancelled():
-            return
-        with self._cond:
-            task.call = None
-            if not task.in_heap:
+    def _remove(self, lane, pos):
+        """Clear a slot; move the head past cleared slots, or compact."""
+        slots = lane.slots
+        slots[pos] = None
+        lane.dead += 1
+        if pos == lane.head:
+            end = len(slots)
+            pos += 1
+            while pos < end and slots[pos] is None:
+                pos += 1
+            if pos == end:
+                del self._lanes[lane.delay]
                 return
-            # Wakes concurrent.futures.wait() and as_completed() callers,
-            # which count a cancelled Future as done only once notified.
-            # A task already taken off the heap is notified by whoever runs
-            # or drops it.
-            future.set_running_or_notify_cancel()
-            # Until the heap drops its slot, keep nothing the caller made.
-            task.future = None
-            if self._heap[0][2] is task:
-                # The scheduler waits for this deadline; let it move on.
-                self._cond.notify()
-            self._dead += 1
-            if (self._dead >= _COMPACT_MIN_DEAD and
-                    self._dead * 2 > len(self._heap)):
-                self._heap = [e for e in self._heap if e[2].call is not None]
-                heapq.heapify(self._heap)
-                self._dead = 0
+            lane.head = pos
+        if (lane.dead >= _COMPACT_MIN_DEAD and
+                lane.dead * 2 > len(slots)):
+            live = [future for future in slots[lane.head:]
+                    if future is not None]
+            for pos, future in enumerate(live):
+                future._pos = pos
+            lane.slots = live
+            lane.head = 0
+            lane.dead = 0
 
     def _next_due(self):
-        """Pop the next due task, or None when there will be no more.
-
-        Called with the condition held; waits on it until a deadline.
-        """
+        """Take the next due Future, or None once shut down and idle."""
         while True:
-            heap = self._heap
-            if heap and heap[0][2].call is None:
-                heapq.heappop(heap)[2].in_heap = False
-                self._dead -= 1
-                continue
-            if not heap:
+            lanes = self._lanes
+            if not lanes:
                 if self._shutdown:
                     return None
-                self._cond.wait()
+                self._wakeup.wait()
                 continue
-            remaining = heap[0][0] - self._clock()
+            first = None
+            for lane in lanes.values():
+                future = lane.slots[lane.head]
+                if first is None or future._deadline < first._deadline:
+                    first = future
+            remaining = first._deadline - self._clock()
             if remaining > 0:
-                self._cond.wait(remaining)
+                self._wakeup.wait(min(remaining, _MAX_WAIT))
                 continue
-            task = heapq.heappop(heap)[2]
-            task.in_heap = False
-            return task
+            lane = first._lane
+            first._lane = None
+            self._remove(lane, first._pos)
+            return first
 
-    def _schedule(self):
+    # Called without the lock.
+
+    def _drop(self, future):
+        """Take a cancelled Future off its lane; False if it was not on."""
+        with self._lock:
+            lane = future._lane
+            if lane is None:
+                return False
+            future._lane = None
+            future._fn = future._args = None
+            self._remove(lane, future._pos)
+            return True
+
+    def _run(self):
         while True:
-            with self._cond:
-                task = self._next_due()
-            if task is None:
+            with self._lock:
+                future = self._next_due()
+            if future is None:
                 return
-            self._hand_over(task)
+            _call(future)
+            # Nothing of it stays alive while the next deadline is awaited.
+            del future
 
-    def _hand_over(self, task):
-        call, task.call = task.call, None
-        future = task.future
-        if call is None or future.cancelled():
-            future.set_running_or_notify_cancel()
-            return
-        fn, args, kwargs = call
-        try:
-            handed = self._executor.submit(_run_task, future, fn, args,
-                                           kwargs)
-        except Exception as exc:
-            LOG.warning('%s: executor refused %s: %s',
-                        self._name, _describe(call), exc)
-            if future.set_running_or_notify_cancel():
-                future.set_exception(exc)
-            return
-        handed.add_done_callback(functools.partial(_settle_unrun, future))
+
+def _call(future):
+    """Run a taken Future's call, unless it was cancelled meanwhile."""
+    fn, args = future._fn, future._args
+    future._fn = future._args = None
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

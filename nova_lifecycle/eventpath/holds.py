@@ -67,8 +67,7 @@ class HeldStops:
         self._clock = clock
         self._lock = threading.Lock()
         self._held = {}
-        import futurist  # TEMP until the lanes executor lands
-        self._timer = delayed.DelayedExecutor(futurist.SynchronousExecutor(), 0, name=name)
+        self._timer = delayed.DelayedExecutor(name)
         self._closed = False
 
     def admit(self, event, entry, hold_for):
@@ -159,7 +158,7 @@ class HeldStops:
                      'shutdown; the power state sync at the next start-up '
                      'reconciles it.', hold.event.uuid)
             hold.entry.cancel(REASON_SHUTDOWN)
-        self._timer.shutdown(wait=True, cancel_pending=True)
+        self._timer.shutdown(wait=True, cancel_futures=True)
 
     def is_alive(self):
         """True while the timer thread runs."""

@@ -27,7 +27,6 @@ then checks:
 
 import collections
 from concurrent import futures as cf
-from concurrent.futures import thread as cf_thread
 import functools
 import logging
 import threading
@@ -1037,71 +1036,66 @@ class InboxFaultTest(test_event_path.EventPathTestCase):
 
 
 class DelayedExecutorFaultTest(base.TestCase):
-    """A held task's real executor cancels or breaks: its Future ends."""
+    """A held task fails, or its owner gives up on it: its Future ends."""
 
     def setUp(self):
         super().setUp()
         self.useFixture(lc_fixtures.NoThreadLeftBehind())
 
-    def make(self, pool):
-        d = delayed.DelayedExecutor(pool, 0.0, name='lifecycle-test-delayed')
-        self.addCleanup(d.shutdown)
-        self.addCleanup(pool.shutdown, wait=True)
+    def make(self):
+        d = delayed.DelayedExecutor('lifecycle-test-delayed')
+        self.addCleanup(d.shutdown, wait=True, cancel_futures=True)
         return d
 
-    def hand_over_behind_a_blocker(self, d):
-        """A task queued in the executor behind a running one.
+    def test_task_that_raises_ends_with_its_error_and_the_next_runs(self):
+        error = RuntimeError('cannot queue the event')
 
-        :returns: (the queued task's Future, the gate the running one
-            waits on, the running one's Future)
-        """
-        started, gate = threading.Event(), threading.Event()
-
-        def blocker():
-            started.set()
-            return gate.wait(WAIT)
-
-        first = d.submit(blocker)
-        self.assertTrue(started.wait(WAIT))
-        second = d.submit(lambda: 'never runs')
-        self.assertTrue(wait_until(lambda: d.pending_count() == 0))
-        return second, gate, first
-
-    def test_task_the_executor_cancels_ends_cancelled(self):
-        pool = cf.ThreadPoolExecutor(1,
-                                     thread_name_prefix='lifecycle-test-pool')
-        d = self.make(pool)
-        second, gate, first = self.hand_over_behind_a_blocker(d)
-        pool.shutdown(wait=False, cancel_futures=True)
-        gate.set()
-        self.assertTrue(first.result(WAIT))
-        done, _ = cf.wait([second], WAIT)
-        self.assertEqual({second}, done)
-        self.assertTrue(second.cancelled())
-
-    def test_cancel_after_the_hand_over_wakes_waiters(self):
-        pool = cf.ThreadPoolExecutor(1,
-                                     thread_name_prefix='lifecycle-test-pool')
-        d = self.make(pool)
-        second, gate, first = self.hand_over_behind_a_blocker(d)
-        # Cancelled by its owner while queued in the executor, which then
-        # drops it: concurrent.futures.wait() must still see it done.
-        self.assertTrue(second.cancel())
-        pool.shutdown(wait=False, cancel_futures=True)
-        gate.set()
-        done, _ = cf.wait([second], WAIT)
-        self.assertEqual({second}, done)
-        self.assertTrue(first.result(WAIT))
-
-    def test_task_a_broken_pool_drops_ends_with_its_error(self):
         def broken():
-            raise RuntimeError('cannot start a worker')
+            raise error
 
-        d = self.make(cf.ThreadPoolExecutor(
-            1, initializer=broken, thread_name_prefix='lifecycle-test-pool'))
-        future = d.submit(lambda: 'never runs')
-        self.assertIsInstance(future.exception(WAIT),
-                              cf_thread.BrokenThreadPool)
-        self.assertIsInstance(d.submit(lambda: 1).exception(WAIT),
-                              cf_thread.BrokenThreadPool)
+        d = self.make()
+        future = d.submit_after(0, broken)
+        self.assertIs(error, future.exception(WAIT))
+        self.assertEqual(1, d.submit_after(0, int, 1).result(WAIT))
         self.assertTrue(d.is_alive())
+
+    def test_cancel_racing_the_deadline_ends_every_future_once(self):
+        d = self.make()
+        ran = collections.Counter()
+        results = []
+
+        def racer(n):
+            mine = []
+            for i in range(300):
+                future = d.submit_after(0, ran.update, [(n, i)])
+                mine.append((n, i, future, future.cancel()))
+            results.extend(mine)
+
+        threads = [threading.Thread(target=racer, args=(n,),
+                                    name='lifecycle-test-racer-%d' % n)
+                   for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        done, not_done = cf.wait([r[2] for r in results], WAIT)
+        self.assertEqual(set(), not_done)
+        for n, i, future, cancelled in results:
+            # cancel() True: never ran; False: it had started, ran once.
+            self.assertEqual(0 if cancelled else 1, ran[(n, i)])
+            self.assertEqual(cancelled, future.cancelled())
+        self.assertEqual(0, d.pending_count())
+
+    def test_task_shutting_down_its_executor_cancels_the_rest(self):
+        d = self.make()
+        rest = [d.submit_after(3600, int, i) for i in range(3)]
+
+        def give_up():
+            d.shutdown(wait=False, cancel_futures=True)
+            return 'gave up'
+
+        self.assertEqual('gave up', d.submit_after(0, give_up).result(WAIT))
+        done, not_done = cf.wait(rest, WAIT)
+        self.assertEqual(set(rest), done)
+        self.assertTrue(all(future.cancelled() for future in rest))
+        self.assertTrue(wait_until(lambda: not d.is_alive()))
