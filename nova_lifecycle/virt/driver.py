@@ -247,12 +247,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             self._reconnector, self._resyncer, self._stats_logger)
             if runner.is_running()]
         LOG.log(logging.WARNING if counts['pending'] or left else logging.INFO,
-                'nova-lifecycle stopped: %(received)d events received, '
-                '%(delivered)d delivered, %(cancelled)d cancelled, '
-                '%(failed)d failed, %(pending)d pending; %(threads)s',
-                {'received': counts['received'],
-                 'delivered': counts['delivered'],
-                 'cancelled': counts['cancelled'],
-                 'failed': counts['failed'], 'pending': counts['pending'],
+                'nova-lifecycle stopped: %(counts)s; %(threads)s',
+                {'counts': status_report.counts_text(counts),
                  'threads': ('threads still running: %s' % ', '.join(left)
                              if left else 'no thread left')})

@@ -74,20 +74,21 @@ def register(driver):
         _registered = True
 
 
+def counts_text(counts):
+    """'N events received, N delivered, N cancelled, N failed, N pending'."""
+    return ('%(received)d events received, %(delivered)d delivered, '
+            '%(cancelled)d cancelled, %(failed)d failed, %(pending)d '
+            'pending' % counts)
+
+
 def log_line(driver):
     """One INFO line with the counters (the periodic stats log)."""
     path = driver.event_path.status()
-    counts = path.counts
-    LOG.info('nova-lifecycle: %(received)d events received, %(delivered)d '
-             'delivered, %(cancelled)d cancelled, %(failed)d failed, '
-             '%(pending)d pending; %(held)d STOPPED held, dispatch queue '
-             '%(queue)d; cancelled by reason %(reasons)s; libvirt loop '
-             'failures %(loop_failures)d',
-             {'received': counts['received'],
-              'delivered': counts['delivered'],
-              'cancelled': counts['cancelled'],
-              'failed': counts['failed'], 'pending': counts['pending'],
+    LOG.info('nova-lifecycle: %(counts)s; %(held)d STOPPED held, dispatch '
+             'queue %(queue)d; cancelled by reason %(reasons)s; libvirt '
+             'loop failures %(loop_failures)d',
+             {'counts': counts_text(path.counts),
               'held': len(path.held),
               'queue': path.dispatch_queue,
-              'reasons': counts['cancelled_by_reason'],
+              'reasons': path.counts['cancelled_by_reason'],
               'loop_failures': driver.event_handler.status()['failures']})
