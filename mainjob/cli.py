@@ -21,12 +21,15 @@ one failed (upstream's results never change it), 2 for bad arguments.
 
 import argparse
 import os
+import re
 import sys
 
 from mainjob import results
 from mainjob import scenarios
 
 FAKE = 'fake'
+# The libvirt URIs the real mode can use: QEMU's driver, any transport.
+QEMU_URI = re.compile(r'^qemu(\+[a-z]+)?://[^\s]*/(system|session)\b')
 OUTPUT_DIR = os.path.join('build', 'mainjob')
 # nova_lifecycle.tests.testguest.DEFAULT_DIR, spelt out: importing
 # nova_lifecycle.tests loads Nova (test_mainjob checks that they agree).
@@ -59,11 +62,14 @@ def build_parser():
         help='comma-separated, from: %s (default: both)'
              % ', '.join(results.DRIVERS))
     parser.add_argument(
-        '--scenarios', type=_csv, default=[], metavar='LIST',
+        '--scenarios', type=_csv, default=None, metavar='LIST',
         help='comma-separated scenario names (default: all; see '
              '--list-scenarios)')
     parser.add_argument('--list-scenarios', action='store_true',
                         help='print the scenario names and exit')
+    parser.add_argument('--check-args', action='store_true',
+                        help='check the arguments, then exit (0 when they '
+                             'are good, 2 otherwise) without loading Nova')
     parser.add_argument(
         '--plot', metavar='PATH',
         help='PNG file for the latency plot (default: %s/latency-nova<N>-'
@@ -93,10 +99,18 @@ def parse_args(argv):
                         ', '.join(options.drivers) or 'nothing'))
     # Keep the table's order whatever the order given.
     options.drivers = [d for d in results.DRIVERS if d in options.drivers]
+    if options.scenarios == []:
+        parser.error('--scenarios: no scenario named (leave the option out '
+                     'to run them all; names: --list-scenarios)')
     try:
         options.selected = scenarios.select(options.scenarios)
     except ValueError as exc:
         parser.error('--scenarios: %s' % exc)
+    if options.libvirt_uri != FAKE and not QEMU_URI.match(
+            options.libvirt_uri):
+        parser.error('--libvirt-uri: %r is neither "fake" nor a libvirt URI '
+                     'of QEMU\'s driver such as qemu:///system'
+                     % options.libvirt_uri)
     options.real = options.libvirt_uri != FAKE
     return options
 
@@ -147,6 +161,8 @@ def _log_to_file(path):
 def main(argv=None, stdout=None):
     out = stdout or sys.stdout
     options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.check_args:
+        return 0
     if options.list_scenarios:
         for scenario in scenarios.SCENARIOS:
             out.write('%-20s %s\n' % (scenario.name, scenario.title))

@@ -27,6 +27,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
+# Bad arguments stop here, before anything is installed or started
+# (argparse names the argument; exit status 2).
+python3 -m mainjob --check-args "$@" || exit 2
+
 real=0
 prev=
 for arg in "$@"; do

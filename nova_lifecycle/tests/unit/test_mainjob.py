@@ -285,6 +285,35 @@ class CliTest(base.TestCase):
         message = self.parse_error(['--scenarios', 'boot,reboot'])
         self.assertIn('unknown scenario(s): reboot', message)
 
+    def test_an_empty_scenario_list_is_refused(self):
+        message = self.parse_error(['--scenarios', ''])
+        self.assertIn('--scenarios: no scenario named', message)
+
+    def test_a_libvirt_uri_that_is_not_qemus_is_refused(self):
+        for uri in ('nonsense', 'xen:///system', 'qemu:/system'):
+            message = self.parse_error(['--libvirt-uri', uri])
+            self.assertIn("--libvirt-uri: %r is neither" % uri, message)
+        for uri in ('qemu:///system', 'qemu+ssh://host/system',
+                    'qemu:///session'):
+            self.assertTrue(cli.parse_args(['--libvirt-uri', uri]).real)
+
+    def test_check_args_exits_before_loading_nova(self):
+        self.assertEqual(0, cli.main(['--check-args', '--scenarios',
+                                      'boot']))
+
+    def test_main_job_script_refuses_bad_arguments_before_any_set_up(self):
+        script = os.path.join(ROOT, 'tools', 'main-job.sh')
+        done = subprocess.run(
+            ['bash', script, '--libvirt-uri', 'nonsense'], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            universal_newlines=True, timeout=60)
+        self.assertEqual(2, done.returncode, done.stdout)
+        self.assertIn("--libvirt-uri: 'nonsense' is neither", done.stdout)
+        self.assertEqual(1, done.stdout.count('error:'), done.stdout)
+        # Nothing was installed or started.
+        self.assertNotIn('install-deps', done.stdout)
+        self.assertNotIn('FAILED', done.stdout)
+
     def test_default_paths_are_under_build(self):
         self.assertEqual(
             os.path.join('build', 'mainjob',
