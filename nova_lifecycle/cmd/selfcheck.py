@@ -12,8 +12,12 @@
 
 """Load the plugin the way nova-compute does and say what was loaded.
 
-``python -m nova_lifecycle.cmd.selfcheck`` picks the concurrency mode like
-Nova's services (``nova.monkey_patch``), resolves
+``python -m nova_lifecycle.cmd.selfcheck`` first imports
+``nova.cmd.compute``, whose first line chooses nova-compute's concurrency
+mode (``OS_NOVA_DISABLE_EVENTLET_PATCHING``, then ``[DEFAULT]
+concurrency_backend`` from the ``--config-file`` given, then the release's
+default for nova-compute: native threads on nova 34, eventlet before), so
+the mode it reports is the one nova-compute would run in. It then resolves
 ``compute_driver = nova_lifecycle.LibvirtLifecycleDriver`` through
 ``nova.virt.driver.load_compute_driver`` and prints the class it got, its
 place in the libvirt driver's hierarchy and the ``[lifecycle]`` options.
@@ -24,8 +28,8 @@ import sys
 
 
 def main(argv=None):
-    from nova import monkey_patch
-    monkey_patch.patch()
+    # What nova-compute's own entry point runs first, whatever the release.
+    import nova.cmd.compute  # noqa: F401
 
     from nova import config
     from nova.virt import driver

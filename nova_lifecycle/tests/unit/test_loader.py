@@ -255,3 +255,30 @@ class TestLoadComputeDriver(base.TestCase):
         self._assert_loaded(result)
         self.assertFalse(result['eventlet_patched'])
         self.assertFalse(result['thread_patched'])
+
+
+class SelfcheckModeTest(base.TestCase):
+    """The selfcheck reports the concurrency mode nova-compute would use."""
+
+    def selfcheck(self, env_value=None):
+        env = dict(os.environ)
+        env.pop('OS_NOVA_DISABLE_EVENTLET_PATCHING', None)
+        if env_value is not None:
+            env['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = env_value
+        done = subprocess.run(
+            [sys.executable, '-m', 'nova_lifecycle.cmd.selfcheck'],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            universal_newlines=True, timeout=120)
+        self.assertEqual(0, done.returncode, done.stdout)
+        return done.stdout
+
+    def test_nova_computes_default_mode(self):
+        from importlib import metadata
+        major = int(metadata.version('nova').split('.')[0])
+        # nova-compute runs native threads by default from nova 34 on.
+        expected = 'threading' if major >= 34 else 'eventlet'
+        self.assertIn('concurrency: %s' % expected, self.selfcheck())
+
+    def test_the_environment_still_decides(self):
+        self.assertIn('concurrency: eventlet', self.selfcheck('false'))
+        self.assertIn('concurrency: threading', self.selfcheck('true'))
