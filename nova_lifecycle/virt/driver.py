@@ -73,6 +73,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self.event_handler = lifecycle_host.adopt(self._host,
                                                   self.event_path)
         self._power_states = None
+        self._unhooked_sync_warned = False
         self._hooks = hooks.ManagerHooks(self._recent_power_states)
         self._connection_lost = False
         self._reconnector = background.SingleRunner(
@@ -159,9 +160,30 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         The power-state sync calls this first and then uses the same
         snapshot for every instance (:mod:`nova_lifecycle.virt.snapshot`).
         """
+        if self._hooks.manager is None:
+            self._warn_unhooked_sync()
         taken = snapshot.take(self._host.get_connection())
         self._power_states = taken
         return len(taken)
+
+    def _warn_unhooked_sync(self):
+        """Once: Nova syncs without a listener, so without the plugin's step.
+
+        With ``[workarounds] handle_virt_lifecycle_events = False`` the
+        compute manager never registers a listener, so the plugin cannot
+        reach it (see :mod:`nova_lifecycle.compute.hooks`).
+        """
+        if self._unhooked_sync_warned or \
+                CONF.workarounds.handle_virt_lifecycle_events:
+            return
+        self._unhooked_sync_warned = True
+        LOG.warning('[workarounds] handle_virt_lifecycle_events is False: '
+                    'Nova registers no event listener, so nova-lifecycle '
+                    'delivers no lifecycle event and the power-state sync '
+                    'is Nova\'s own (one libvirt call per instance); power '
+                    'state changes reach Nova only through that periodic '
+                    'sync. Clean shutdowns still end on the domain\'s '
+                    'STOPPED event.')
 
     def _recent_power_states(self):
         """The last bulk snapshot, or None if there is no recent one."""

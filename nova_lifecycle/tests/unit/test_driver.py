@@ -232,6 +232,21 @@ class EventPathTest(DriverTestCase):
         self.driver.emit_event(event)
         self.assertEqual([event], self.listener.events)
 
+    def test_a_sync_without_a_listener_warns_once_when_events_are_off(self):
+        self.flags(handle_virt_lifecycle_events=False, group='workarounds')
+        self.start_events()
+        self.assertEqual(0, self.driver.get_num_instances())
+        self.assertEqual(0, self.driver.get_num_instances())
+        output = self.stdlog.logger.output
+        self.assertEqual(1, output.count(
+            'handle_virt_lifecycle_events is False'))
+
+    def test_no_warning_while_events_are_on(self):
+        self.start_events()
+        self.driver.get_num_instances()
+        self.assertNotIn('handle_virt_lifecycle_events',
+                         self.stdlog.logger.output)
+
     def test_emit_event_rejects_non_events(self):
         self.assertRaises(ValueError, self.driver.emit_event, 'not an event')
 
