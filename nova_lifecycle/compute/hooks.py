@@ -21,11 +21,14 @@ own and works under plain ``nova-compute``, devstack included.
 On that manager instance (not its class) the plugin replaces
 ``_query_driver_power_state_and_sync``, the per-instance step of the
 periodic ``_sync_power_states``, so the periodic task itself, its interval
-and its locking stay Nova's. ``detach`` (when the manager unregisters, at
-``cleanup_host``) restores it.
+and its locking stay Nova's, and wraps ``graceful_shutdown`` to learn when
+the service starts to stop. ``detach`` (when the manager unregisters, at
+``cleanup_host``) restores both.
 """
 
 import functools
+import threading
+
 from oslo_log import log as logging
 
 from nova.compute import manager as compute_manager
@@ -36,6 +39,18 @@ from nova_lifecycle.compute import sync
 LOG = logging.getLogger(__name__)
 
 _HOOKED = '_query_driver_power_state_and_sync'
+_GRACEFUL = 'graceful_shutdown'
+
+
+def shutdown_began(manager):
+    """True once Nova 34's service marked the manager as shutting down.
+
+    Nova 34 sets ``Manager._shutdown_in_progress`` (an Event) when the
+    service's stop begins, before the RPC servers stop; nova 33 has no such
+    flag (the plugin then learns it from ``graceful_shutdown``).
+    """
+    flag = getattr(manager, '_shutdown_in_progress', None)
+    return bool(flag is not None and flag.is_set())
 
 
 class ManagerHooks:
@@ -43,6 +58,7 @@ class ManagerHooks:
 
     def __init__(self, recent_power_states):
         self._recent_power_states = recent_power_states
+        self._stopping = threading.Event()
         self.manager = None
 
     def attach(self, callback):
@@ -54,6 +70,8 @@ class ManagerHooks:
             self.detach()
             setattr(manager, _HOOKED, functools.partial(
                 sync.query_and_sync, manager, self._recent_power_states))
+            setattr(manager, _GRACEFUL, functools.partial(
+                self._graceful_shutdown, getattr(manager, _GRACEFUL)))
             self.manager = manager
             LOG.info('nova-lifecycle hooked the power-state sync of compute '
                      'manager for host %s.', manager.host)
@@ -63,12 +81,30 @@ class ManagerHooks:
         manager, self.manager = self.manager, None
         if manager is not None:
             manager.__dict__.pop(_HOOKED, None)
+            manager.__dict__.pop(_GRACEFUL, None)
+
+    def _graceful_shutdown(self, nova_graceful_shutdown, *args, **kwargs):
+        self._stopping.set()
+        return nova_graceful_shutdown(*args, **kwargs)
+
+    def shutdown_in_progress(self):
+        """True once the listening manager's service has begun to stop."""
+        manager = self.manager
+        return self._stopping.is_set() or (
+            manager is not None and shutdown_began(manager))
 
     def resync(self):
         """Run the manager's power-state sync now, if a manager listens."""
         manager = self.manager
         if manager is None:
             LOG.debug('No compute manager to resync power states with.')
+            return False
+        if self.shutdown_in_progress():
+            # Nova skips its periodic tasks from then on, and once its
+            # executors are shut down the sync could not run anyway.
+            LOG.info('Not resyncing power states after the reconnect: '
+                     'nova-compute on host %s is stopping; the sync at its '
+                     'next start covers every instance.', manager.host)
             return False
         LOG.info('Resyncing the power state of every instance of host %s.',
                  manager.host)

@@ -17,6 +17,7 @@ feeds it from one bulk query. The table test below runs every cell through
 the hooked manager so a reader sees the whole table in one place.
 """
 
+import inspect
 import time
 from unittest import mock
 
@@ -251,6 +252,39 @@ class DecisionTableTest(test.NoDBTestCase):
         self.assertEqual(
             compute_manager.ComputeManager._query_driver_power_state_and_sync,
             type(self.compute)._query_driver_power_state_and_sync)
+
+    def test_detach_restores_nova_graceful_shutdown(self):
+        self.hooks.detach()
+        self.assertNotIn('graceful_shutdown', self.compute.__dict__)
+
+    def test_no_resync_once_graceful_shutdown_began(self):
+        sync_power_states = self.useFixture(fixtures.MockPatchObject(
+            self.compute, '_sync_power_states')).mock
+        self.assertTrue(self.hooks.resync())
+        self.assertEqual(1, sync_power_states.call_count)
+        self.useFixture(fixtures.MockPatchObject(
+            compute_manager.ComputeManager, 'cleanup_host'))
+        self.useFixture(fixtures.MockPatch('time.sleep'))
+        self.flags(manager_shutdown_timeout=0)
+        # What the service's stop calls; nova 34 passes a timeout.
+        graceful = compute_manager.ComputeManager.graceful_shutdown
+        params = inspect.signature(graceful).parameters
+        self.compute.graceful_shutdown(
+            *([0] if 'timeout' in params else []))
+        self.assertTrue(self.hooks.shutdown_in_progress())
+        self.assertFalse(self.hooks.resync())
+        self.assertEqual(1, sync_power_states.call_count)
+
+    def test_nova_34s_shutdown_flag_is_read(self):
+        flag = getattr(self.compute, '_shutdown_in_progress', None)
+        if flag is None:
+            # nova 33 has no flag: graceful_shutdown alone tells.
+            self.assertFalse(hooks.shutdown_began(self.compute))
+            return
+        self.assertFalse(self.hooks.shutdown_in_progress())
+        self.compute.set_shutdown_in_progress()
+        self.assertTrue(self.hooks.shutdown_in_progress())
+        self.assertFalse(self.hooks.resync())
 
     def test_not_a_manager_is_not_hooked(self):
         other = hooks.ManagerHooks(lambda: None)
