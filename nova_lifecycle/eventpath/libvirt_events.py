@@ -130,6 +130,39 @@ class DomainLifecycleEvent(virtevent.LifecycleEvent):
         return '%s (%s)' % (repr(self), self.detail_name)
 
 
+# Why a domain stopped, by libvirt's STOPPED detail, for operators.
+_STOP_REASONS = {
+    DOMAIN_EVENT_STOPPED_SHUTDOWN: 'shut down',
+    DOMAIN_EVENT_STOPPED_DESTROYED: 'destroyed (powered off at the host)',
+    DOMAIN_EVENT_STOPPED_CRASHED: 'guest crashed',
+    3: 'migrated away',
+    4: 'saved to a file',
+    DOMAIN_EVENT_STOPPED_FAILED: 'QEMU process failed',
+    6: 'restored from a snapshot',
+    7: 'recreated',
+}
+_SHUTDOWN_BY = {
+    DOMAIN_EVENT_SHUTDOWN_GUEST: 'guest shut down by itself',
+    DOMAIN_EVENT_SHUTDOWN_HOST: 'shut down at the host\'s request',
+}
+
+
+def stop_reason(event):
+    """Why libvirt says the domain of a STOPPED event stopped, in words.
+
+    From libvirt's STOPPED detail and, for a shutdown, who asked for it
+    (the SHUTDOWN detail the translator put on the event).
+    """
+    detail = getattr(event, 'libvirt_detail', None)
+    if detail is None:
+        return 'not said (no libvirt detail)'
+    if detail == DOMAIN_EVENT_STOPPED_SHUTDOWN:
+        by = _SHUTDOWN_BY.get(getattr(event, 'shutdown_detail', None))
+        if by is not None:
+            return by
+    return _STOP_REASONS.get(detail, 'libvirt detail %s' % (detail,))
+
+
 def _migration_transition(dom):
     """Completed or failed migration, as libvirt's job says.
 

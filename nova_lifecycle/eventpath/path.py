@@ -28,8 +28,10 @@ entry that ends exactly once (delivered, cancelled with a reason, failed
 with the error); :meth:`status` is what reports and tests read.
 """
 
+import collections
 import dataclasses
 import functools
+import threading
 import time
 
 from nova.virt import event as virtevent
@@ -70,6 +72,8 @@ class PathStatus:
     first; ``dispatch_queue``: events waiting for a worker;
     ``operations``: {uuid: [driver operations in progress]};
     ``stop_waiters``: clean shutdowns waiting for a STOPPED;
+    ``stopped_by_reason``: STOPPED events delivered, by why libvirt says
+    the domain stopped (guest shut down by itself, guest crashed, ...);
     ``threads``: the path's threads still running.
     """
 
@@ -79,6 +83,7 @@ class PathStatus:
     dispatching: int
     operations: dict
     stop_waiters: int
+    stopped_by_reason: dict
     threads: list
 
 
@@ -115,6 +120,9 @@ class EventPath:
         self._holds = holds.HeldStops(self._dispatch, name + '-delayed')
         self._inbox = inbox.make_inbox(self._intake, name + '-inbox', green)
         self._reported = set()
+        # STOPPED events handed to Nova, by why libvirt says they stopped.
+        self._stop_reasons = collections.Counter()
+        self._stop_reasons_lock = threading.Lock()
         self._started = False
         self._stopped = False
         self._green = green
@@ -189,6 +197,7 @@ class EventPath:
             dispatching=self._dispatcher.busy_keys(),
             operations=self._operations.busy(),
             stop_waiters=self._stop_waiters.waiting(),
+            stopped_by_reason=self._stopped_by_reason(),
             threads=self.threads_alive())
 
     def _counts(self):
@@ -227,6 +236,10 @@ class EventPath:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
         return True
+
+    def _stopped_by_reason(self):
+        with self._stop_reasons_lock:
+            return dict(self._stop_reasons)
 
     def threads_alive(self):
         """Names of the path's threads still running."""
@@ -330,7 +343,14 @@ class EventPath:
         reason = self._policy.recheck(event)
         if reason:
             return reason
-        return self._deliver(event)
+        why = libvirt_events.stop_reason(event)
+        LOG.info('Instance %s is off: %s; its STOPPED event goes to Nova.',
+                 event.uuid, why)
+        delivered = self._deliver(event)
+        if delivered:
+            with self._stop_reasons_lock:
+                self._stop_reasons[why] += 1
+        return delivered
 
     def _settle(self, event, entry, future):
         """End the entry of a dispatched event by its outcome."""

@@ -53,6 +53,8 @@ def status(driver):
         'instances being dispatched': path.dispatching,
         'driver operations': path.operations,
         'power-offs waiting for STOPPED': path.stop_waiters,
+        'STOPPED events delivered, by why the domain stopped':
+            path.stopped_by_reason,
         'libvirt event loop': driver.event_handler.status(),
         'threads': concurrency.plugin_threads(),
     }

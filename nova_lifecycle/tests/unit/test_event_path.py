@@ -265,6 +265,23 @@ class HeldStoppedTest(EventPathTestCase):
         self.recorder.wait_for(1)
         self.assertEqual([STOPPED], self.recorder.transitions(UUID_A))
 
+    def test_a_delivered_stopped_says_why_the_domain_stopped(self):
+        p = self.make(delay=0.01)
+        event = lifecycle(UUID_A, STOPPED,
+                          libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        event.shutdown_detail = libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST
+        p.queue(event)
+        p.queue(lifecycle(UUID_B, STOPPED,
+                          libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED))
+        self.wait_ended(p, 2)
+        self.assertIn('Instance %s is off: guest shut down by itself; its '
+                      'STOPPED event goes to Nova.' % UUID_A,
+                      self.logs.output)
+        self.assertIn('Instance %s is off: guest crashed' % UUID_B,
+                      self.logs.output)
+        self.assertEqual({'guest shut down by itself': 1, 'guest crashed': 1},
+                         p.status().stopped_by_reason)
+
     def test_stopped_of_a_running_domain_is_cancelled_by_the_recheck(self):
         running = 1  # virDomainState RUNNING
         p = self.make(delay=0.01, fast=True, grace=0.01,

@@ -142,6 +142,29 @@ class TranslateTest(test.NoDBTestCase):
             libvirt_events.DOMAIN_EVENT_SHUTDOWN,
             libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
 
+    def test_why_a_domain_stopped(self):
+        def stopped(detail, shutdown=None):
+            event = libvirt_events.translate(Dom(), STOPPED, detail)
+            event.shutdown_detail = shutdown
+            return libvirt_events.stop_reason(event)
+
+        shutdown = libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN
+        self.assertEqual('guest shut down by itself', stopped(
+            shutdown, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST))
+        self.assertEqual("shut down at the host's request", stopped(
+            shutdown, libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST))
+        self.assertEqual('shut down', stopped(shutdown))
+        self.assertEqual('guest crashed', stopped(
+            libvirt_events.DOMAIN_EVENT_STOPPED_CRASHED))
+        self.assertEqual('QEMU process failed', stopped(
+            libvirt_events.DOMAIN_EVENT_STOPPED_FAILED))
+        self.assertEqual('destroyed (powered off at the host)', stopped(
+            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED))
+        self.assertEqual('libvirt detail 42', stopped(42))
+        self.assertEqual('not said (no libvirt detail)',
+                         libvirt_events.stop_reason(virtevent.LifecycleEvent(
+                             UUID, virtevent.EVENT_LIFECYCLE_STOPPED)))
+
     def test_unknown_type_is_kept_without_transition(self):
         event = libvirt_events.translate(Dom(), 42, 3)
         self.assertIsNone(event.transition)
