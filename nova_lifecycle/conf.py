@@ -96,6 +96,24 @@ and the dispatch queue. 0 (the default) logs none. The same figures, with
 the held instances and the plugin's threads, are always in the
 "nova-lifecycle" section of nova-compute's Guru Meditation Report.
 """),
+    cfg.StrOpt(
+        'metrics_textfile',
+        default=None,
+        help="""
+File the plugin writes its Prometheus metrics to, in the text format, every
+``metrics_interval`` seconds (atomically: a temporary file renamed over it).
+Point it into node-exporter's ``--collector.textfile.directory``, with a
+name ending in ``.prom``. Unset (the default): no metrics are written and
+no thread is started for them. See the operations guide for the metrics
+and example alerts.
+"""),
+    cfg.IntOpt(
+        'metrics_interval',
+        default=15,
+        min=1,
+        help="""
+Seconds between two writes of ``metrics_textfile``.
+"""),
 ]
 
 

@@ -12,7 +12,8 @@
 
 """Counts where every event ended, so that none can vanish unnoticed.
 
-Each event received gets an :class:`Entry` from :meth:`EventLedger.open`;
+Each event received gets an :class:`Entry` from :meth:`EventLedger.open`
+(with the time it came in, so the age of the oldest pending event is known);
 the entry ends exactly once: delivered, cancelled (with a reason) or
 failed (with the error's type). A second end of the same entry is refused
 and counted as a mistake of the owner (``double_ends``), never as a second
@@ -23,16 +24,18 @@ pending`` is a real check.
 
 import collections
 import threading
+import time
 
 
 class Entry:
     """One event's place in the ledger; ends once."""
 
-    __slots__ = ('_ledger', '_open')
+    __slots__ = ('_ledger', '_open', 'opened_at')
 
-    def __init__(self, ledger):
+    def __init__(self, ledger, opened_at):
         self._ledger = ledger
         self._open = True
+        self.opened_at = opened_at
 
     def deliver(self):
         """The event reached its handler. False if it had already ended."""
@@ -50,7 +53,10 @@ class Entry:
 class EventLedger:
     """The counters, and a condition observers can wait on."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        # Open entries, oldest first (dicts keep insertion order).
+        self._open_entries = {}
         self._cond = threading.Condition()
         self._received = 0
         self._pending = 0
@@ -61,11 +67,13 @@ class EventLedger:
 
     def open(self):
         """Count one more event received; its :class:`Entry`."""
+        entry = Entry(self, self._clock())
         with self._cond:
             self._received += 1
             self._pending += 1
+            self._open_entries[id(entry)] = entry
             self._cond.notify_all()
-        return Entry(self)
+        return entry
 
     def _end(self, entry, outcome, key):
         with self._cond:
@@ -73,6 +81,7 @@ class EventLedger:
                 self._double_ends += 1
                 return False
             entry._open = False
+            self._open_entries.pop(id(entry), None)
             self._pending -= 1
             if outcome == 'delivered':
                 self._delivered += 1
@@ -98,6 +107,10 @@ class EventLedger:
             'cancelled_by_reason': dict(self._cancelled),
             'failed_by_error': dict(self._failed),
             'double_ends': self._double_ends,
+            'oldest_pending_age': (
+                self._clock() -
+                next(iter(self._open_entries.values())).opened_at
+                if self._open_entries else None),
         }
 
     def wait_until(self, predicate, timeout=None):

@@ -26,6 +26,7 @@ the service starts to stop. ``detach`` (when the manager unregisters, at
 ``cleanup_host``) restores both.
 """
 
+import collections
 import functools
 import threading
 
@@ -59,6 +60,8 @@ class ManagerHooks:
     def __init__(self, recent_power_states):
         self._recent_power_states = recent_power_states
         self._stopping = threading.Event()
+        self._outcomes = collections.Counter()
+        self._outcomes_lock = threading.Lock()
         self.manager = None
 
     def attach(self, callback):
@@ -69,7 +72,7 @@ class ManagerHooks:
         if self.manager is not manager:
             self.detach()
             setattr(manager, _HOOKED, functools.partial(
-                sync.query_and_sync, manager, self._recent_power_states))
+                self._sync_step, manager))
             setattr(manager, _GRACEFUL, functools.partial(
                 self._graceful_shutdown, getattr(manager, _GRACEFUL)))
             self.manager = manager
@@ -82,6 +85,32 @@ class ManagerHooks:
         if manager is not None:
             manager.__dict__.pop(_HOOKED, None)
             manager.__dict__.pop(_GRACEFUL, None)
+
+    def _sync_step(self, manager, context, db_instance):
+        outcome = sync.query_and_sync(manager, self._recent_power_states,
+                                      context, db_instance)
+        with self._outcomes_lock:
+            self._outcomes[outcome] += 1
+
+    def status(self):
+        """The power-state syncs as plain data.
+
+        ``instances``: per-instance steps since start, by what became of
+        the instance (settled by the bulk query, checked by Nova's decision
+        table, skipped, gone); ``hooked``: whether a compute manager
+        listens; ``last bulk query``: its domains and seconds it took, and
+        its age, while it is recent.
+        """
+        with self._outcomes_lock:
+            outcomes = dict(self._outcomes)
+        snapshot = self._recent_power_states()
+        return {
+            'hooked': self.manager is not None,
+            'instances': outcomes,
+            'last bulk query': None if snapshot is None else {
+                'domains': len(snapshot), 'seconds': snapshot.duration,
+                'age': snapshot.age()},
+        }
 
     def _graceful_shutdown(self, nova_graceful_shutdown, *args, **kwargs):
         self._stopping.set()

@@ -59,6 +59,13 @@ SETTLED = {
 }
 
 
+# What became of one instance in a sync (query_and_sync's result).
+SETTLED_BY_SNAPSHOT = 'settled by the bulk query'
+DECIDED_BY_NOVA = 'checked by Nova\'s decision table'
+SKIPPED = 'skipped: task pending'
+GONE = 'gone during the sync'
+
+
 def settled(db_instance, seen):
     """True when the listed row and the hypervisor leave Nova nothing to do.
 
@@ -79,17 +86,20 @@ def query_and_sync(manager, recent_power_states, context, db_instance):
 
     :param recent_power_states: returns a recent PowerStateSnapshot or
         None (then every instance is read on its own, as upstream).
+    :returns: what became of the instance (:data:`SETTLED_BY_SNAPSHOT`,
+        :data:`DECIDED_BY_NOVA`, :data:`SKIPPED`, :data:`GONE`).
     """
     if db_instance.task_state is not None:
         LOG.info("During sync_power_state the instance has a pending task "
                  "(%(task)s). Skip.", {'task': db_instance.task_state},
                  instance=db_instance)
-        return
+        return SKIPPED
     try:
-        _sync_one(manager, recent_power_states(), context, db_instance)
+        return _sync_one(manager, recent_power_states(), context,
+                         db_instance)
     except exception.InstanceNotFound:
         # Deleted while we looked: nothing to sync.
-        pass
+        return GONE
 
 
 def _sync_one(manager, snapshot, context, db_instance):
@@ -97,7 +107,7 @@ def _sync_one(manager, snapshot, context, db_instance):
     if snapshot is not None:
         seen = snapshot.power_state(db_instance.uuid)
         if settled(db_instance, seen):
-            return
+            return SETTLED_BY_SNAPSHOT
         db_instance.refresh(use_slave=True)
         if seen == db_instance.power_state:
             vm_power_state = seen
@@ -114,6 +124,7 @@ def _sync_one(manager, snapshot, context, db_instance):
     with _refreshed_once(db_instance, snapshot is not None):
         manager._sync_instance_power_state(context, db_instance,
                                            vm_power_state, use_slave=True)
+    return DECIDED_BY_NOVA
 
 
 @contextlib.contextmanager

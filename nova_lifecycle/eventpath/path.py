@@ -38,6 +38,7 @@ from nova.virt import event as virtevent
 from oslo_log import log as logging
 
 from nova_lifecycle.common import dispatch
+from nova_lifecycle.common import histogram
 from nova_lifecycle.common import inbox
 from nova_lifecycle.common import ledger
 from nova_lifecycle import concurrency
@@ -74,6 +75,9 @@ class PathStatus:
     ``stop_waiters``: clean shutdowns waiting for a STOPPED;
     ``stopped_by_reason``: STOPPED events delivered, by why libvirt says
     the domain stopped (guest shut down by itself, guest crashed, ...);
+    ``delivery_latency``: seconds from libvirt's callback to the start of
+    the handler, a histogram (``Histogram.snapshot``; a STOPPED's includes
+    its hold);
     ``threads``: the path's threads still running.
     """
 
@@ -84,6 +88,7 @@ class PathStatus:
     operations: dict
     stop_waiters: int
     stopped_by_reason: dict
+    delivery_latency: dict
     threads: list
 
 
@@ -123,6 +128,7 @@ class EventPath:
         # STOPPED events handed to Nova, by why libvirt says they stopped.
         self._stop_reasons = collections.Counter()
         self._stop_reasons_lock = threading.Lock()
+        self._latency = histogram.Histogram()
         self._started = False
         self._stopped = False
         self._green = green
@@ -198,6 +204,7 @@ class EventPath:
             operations=self._operations.busy(),
             stop_waiters=self._stop_waiters.waiting(),
             stopped_by_reason=self._stopped_by_reason(),
+            delivery_latency=self._latency.snapshot(),
             threads=self.threads_alive())
 
     def _counts(self):
@@ -322,7 +329,7 @@ class EventPath:
     # Dispatch
 
     def _dispatch(self, event, entry):
-        run = self._deliver
+        run = self._deliver_timed
         if holds.is_stopped(event):
             run = self._deliver_stopped
         try:
@@ -335,6 +342,13 @@ class EventPath:
         future.add_done_callback(functools.partial(self._settle, event,
                                                    entry))
 
+    def _deliver_timed(self, event):
+        """Deliver, noting how long after libvirt's callback it started."""
+        received_at = getattr(event, 'received_at', None)
+        if received_at is not None:
+            self._latency.observe(time.monotonic() - received_at)
+        return self._deliver(event)
+
     def _deliver_stopped(self, event):
         """Deliver a STOPPED only if a look at the domain still agrees.
 
@@ -346,7 +360,7 @@ class EventPath:
         why = libvirt_events.stop_reason(event)
         LOG.info('Instance %s is off: %s; its STOPPED event goes to Nova.',
                  event.uuid, why)
-        delivered = self._deliver(event)
+        delivered = self._deliver_timed(event)
         if delivered:
             with self._stop_reasons_lock:
                 self._stop_reasons[why] += 1

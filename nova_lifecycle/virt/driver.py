@@ -34,6 +34,7 @@ from nova_lifecycle import conf
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import path
 from nova_lifecycle.virt import host as lifecycle_host
+from nova_lifecycle.virt import metrics
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
 from nova_lifecycle.virt import status_report
@@ -54,11 +55,13 @@ RECONNECT_MAX_WAIT = 30.0
 class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
     """The libvirt driver whose lifecycle events go through the plugin.
 
-    Beyond upstream's interface it has two attributes: ``event_path`` (the
-    :class:`~nova_lifecycle.eventpath.path.EventPath`) and ``event_handler``
+    Beyond upstream's interface it has three attributes: ``event_path`` (the
+    :class:`~nova_lifecycle.eventpath.path.EventPath`), ``event_handler``
     (the :class:`~nova_lifecycle.virt.host.LifecycleEventHandler` in its
-    Host, with libvirt's loop), whose public methods are what the Guru
-    Meditation section, the main job, benchmarks and tests read. Driver
+    Host, with libvirt's loop) and ``power_sync`` (the
+    :class:`~nova_lifecycle.compute.hooks.ManagerHooks` on the listening
+    compute manager), whose public methods are what the Guru Meditation
+    section, the metrics, the main job, benchmarks and tests read. Driver
     calls that stop or restart domains register their instance with the
     event path while they run (see :mod:`tracked_methods`).
     """
@@ -74,14 +77,17 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
                                                   self.event_path)
         self._power_states = None
         self._unhooked_sync_warned = False
-        self._hooks = hooks.ManagerHooks(self._recent_power_states)
+        self.power_sync = hooks.ManagerHooks(self._recent_power_states)
         self._connection_lost = False
         self._reconnector = background.SingleRunner(
             self._reconnect_libvirt, 'lifecycle-reconnect')
         self._resyncer = background.SingleRunner(
-            lambda stopping: self._hooks.resync(), 'lifecycle-resync')
+            lambda stopping: self.power_sync.resync(), 'lifecycle-resync')
         self._stats_logger = background.SingleRunner(
             self._log_stats, 'lifecycle-stats')
+        self._metrics_writer = background.SingleRunner(
+            lambda stopping: metrics.run_textfile_writer(
+                self, CONF.lifecycle, stopping), 'lifecycle-metrics')
         self._cleanup_lock = threading.Lock()
 
     # ComputeDriver event emitters
@@ -94,8 +100,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         """
         super().register_event_listener(callback)
         if callback is None:
-            self._hooks.detach()
-        elif not self._hooks.attach(callback):
+            self.power_sync.detach()
+        elif not self.power_sync.attach(callback):
             LOG.info('Event listener %r is not a compute manager method; '
                      'the power-state sync is not hooked.', callback)
 
@@ -160,7 +166,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         The power-state sync calls this first and then uses the same
         snapshot for every instance (:mod:`nova_lifecycle.virt.snapshot`).
         """
-        if self._hooks.manager is None:
+        if self.power_sync.manager is None:
             self._warn_unhooked_sync()
         taken = snapshot.take(self._host.get_connection())
         self._power_states = taken
@@ -229,6 +235,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         status_report.register(self)
         if CONF.lifecycle.stats_log_interval:
             self._stats_logger.trigger()
+        if CONF.lifecycle.metrics_textfile:
+            self._metrics_writer.trigger()
         super().init_host(host)
 
     def _log_stats(self, stopping):
@@ -251,6 +259,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._reconnector.stop()
         self._resyncer.stop()
         self._stats_logger.stop()
+        self._metrics_writer.stop()
         super().cleanup_host(host)
         self.event_handler.stop()
         self.event_path.stop()
@@ -266,7 +275,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         left = (self.event_handler.threads_alive() +
                 self.event_path.threads_alive())
         left += [runner.name for runner in (
-            self._reconnector, self._resyncer, self._stats_logger)
+            self._reconnector, self._resyncer, self._stats_logger,
+            self._metrics_writer)
             if runner.is_running()]
         LOG.log(logging.WARNING if counts['pending'] or left else logging.INFO,
                 'nova-lifecycle stopped: %(counts)s; %(threads)s',

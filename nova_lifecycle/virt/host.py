@@ -95,6 +95,7 @@ class LifecycleEventHandler:
             host._conn_event_handler_queue.put, NOTICES_THREAD_NAME,
             green=not concurrency.threading_mode())
         self._conn_stopping = False
+        self._connections_lost = 0
 
     def start(self):
         self._conn_stopping = False
@@ -106,6 +107,7 @@ class LifecycleEventHandler:
         if isinstance(item, virtevent.InstanceEvent):
             self._event_path.queue(item)
         elif isinstance(item, dict) and 'conn' in item and 'reason' in item:
+            self._connections_lost += 1
             self._to_host(functools.partial(
                 self._host._connection_closed, item['conn'], False,
                 'Connection to libvirt lost: %s' % item['reason']))
@@ -150,8 +152,14 @@ class LifecycleEventHandler:
             self._host._conn_event_handler_queue.put(lambda: None)
 
     def status(self):
-        """libvirt's loop as plain data (see ``LibvirtEventLoop.status``)."""
-        return self._loop.status()
+        """libvirt's loop and connection as plain data.
+
+        ``LibvirtEventLoop.status`` plus ``connections lost``: how many
+        connection-closed notices libvirt sent.
+        """
+        status = self._loop.status()
+        status['connections lost'] = self._connections_lost
+        return status
 
     def threads_alive(self):
         """Names of the handler's threads still running."""

@@ -36,9 +36,11 @@ class PowerStateSnapshot:
     reads that one domain again first.
     """
 
-    def __init__(self, states, taken_at=None):
+    def __init__(self, states, taken_at=None, duration=None):
         self.states = states
         self.taken_at = time.monotonic() if taken_at is None else taken_at
+        # Seconds the bulk query took, when measured.
+        self.duration = duration
 
     def __len__(self):
         return len(self.states)
@@ -62,6 +64,13 @@ def take(conn):
     Falls back to listing the domains and asking each one (what upstream
     costs) where the connection lacks the call (old libvirt, Nova's fake).
     """
+    started = time.monotonic()
+    taken = _take(conn)
+    taken.duration = time.monotonic() - started
+    return taken
+
+
+def _take(conn):
     libvirt = libvirt_events.libvirt_module()
     get_all_stats = getattr(conn, 'getAllDomainStats', None)
     if get_all_stats is not None:

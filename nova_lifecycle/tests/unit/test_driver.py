@@ -276,7 +276,7 @@ class ConnectionAndShutdownTest(DriverTestCase):
         resynced = threading.Event()
         self.set_host_enabled.side_effect = set_host_enabled
         self.useFixture(fixtures.MockPatchObject(
-            self.driver._hooks, 'resync', side_effect=resynced.set))
+            self.driver.power_sync, 'resync', side_effect=resynced.set))
         conn = self.start_events()
         with cond:
             self.assertTrue(cond.wait_for(lambda: len(seen) == 1, WAIT))
@@ -293,7 +293,7 @@ class ConnectionAndShutdownTest(DriverTestCase):
         # Reconnected by the plugin, without waiting for a caller.
         self.assertTrue(seen[2][0])
         self.assertTrue(resynced.wait(WAIT))
-        self.assertEqual(1, self.driver._hooks.resync.call_count)
+        self.assertEqual(1, self.driver.power_sync.resync.call_count)
 
     def test_cleanup_host_stops_every_plugin_thread(self):
         self.flags(stopped_event_delay=3600, group='lifecycle')

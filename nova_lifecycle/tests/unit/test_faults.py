@@ -649,7 +649,7 @@ class BurstFaultTest(FaultTestCase):
         host = self.driver._host
         resynced = threading.Event()
         self.useFixture(fixtures.MockPatchObject(
-            self.driver._hooks, 'resync', side_effect=resynced.set))
+            self.driver.power_sync, 'resync', side_effect=resynced.set))
         # libvirtd refuses connections three times while it restarts.
         connect = self.libvirtd_restarts(refusals=3)
         sent = collections.defaultdict(list)

@@ -253,6 +253,17 @@ class DecisionTableTest(test.NoDBTestCase):
             compute_manager.ComputeManager._query_driver_power_state_and_sync,
             type(self.compute)._query_driver_power_state_and_sync)
 
+    def test_the_status_counts_what_became_of_each_instance(self):
+        self.sync(self.instance(vm_states.ACTIVE, RUNNING), RUNNING)
+        self.sync(self.instance(vm_states.ACTIVE, RUNNING), SHUTDOWN)
+        self.sync(self.instance(vm_states.ACTIVE, RUNNING,
+                                task_state='rebooting'), RUNNING)
+        status = self.hooks.status()
+        self.assertTrue(status['hooked'])
+        self.assertEqual({sync.SETTLED_BY_SNAPSHOT: 1,
+                          sync.DECIDED_BY_NOVA: 1, sync.SKIPPED: 1},
+                         status['instances'])
+
     def test_detach_restores_nova_graceful_shutdown(self):
         self.hooks.detach()
         self.assertNotIn('graceful_shutdown', self.compute.__dict__)
