@@ -96,6 +96,17 @@ and the dispatch queue. 0 (the default) logs none. The same figures, with
 the held instances and the plugin's threads, are always in the
 "nova-lifecycle" section of nova-compute's Guru Meditation Report.
 """),
+    cfg.IntOpt(
+        'stall_timeout',
+        default=60,
+        min=0,
+        help="""
+Seconds libvirt's event loop may go without turning, or the dispatch queue
+without emptying, before the plugin says it is stalled: one WARNING, shown
+in the Guru Meditation section and the metrics. When it moves again, one
+INFO line and a resync of every instance's power state. Checked every 5
+seconds. 0 turns the check off.
+"""),
     cfg.StrOpt(
         'metrics_textfile',
         default=None,

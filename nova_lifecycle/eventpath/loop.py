@@ -93,6 +93,14 @@ class LibvirtEventLoop:
         self._thread = None
         return True
 
+    def nudge(self):
+        """Make the loop turn once soon (a zero-delay libvirt timer).
+
+        A liveness probe: a loop that does not turn after it is stuck.
+        """
+        if self.is_alive():
+            self._wake()
+
     def _wake(self):
         libvirt = libvirt_events.libvirt_module()
         add_timeout = getattr(libvirt, 'virEventAddTimeout', None)

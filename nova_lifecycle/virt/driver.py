@@ -34,6 +34,7 @@ from nova_lifecycle import conf
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.eventpath import path
 from nova_lifecycle.virt import host as lifecycle_host
+from nova_lifecycle.virt import liveness
 from nova_lifecycle.virt import metrics
 from nova_lifecycle.virt import shutdown
 from nova_lifecycle.virt import snapshot
@@ -49,18 +50,22 @@ SNAPSHOT_MAX_AGE = 60.0
 # Waits between attempts to reconnect to libvirt: doubling up to the cap.
 RECONNECT_FIRST_WAIT = 1.0
 RECONNECT_MAX_WAIT = 30.0
+# Seconds between two looks at the event path's liveness.
+LIVENESS_CHECK_INTERVAL = 5.0
 
 
 @tracked_methods.tracking_operations
 class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
     """The libvirt driver whose lifecycle events go through the plugin.
 
-    Beyond upstream's interface it has three attributes: ``event_path`` (the
+    Beyond upstream's interface it has four attributes: ``event_path`` (the
     :class:`~nova_lifecycle.eventpath.path.EventPath`), ``event_handler``
     (the :class:`~nova_lifecycle.virt.host.LifecycleEventHandler` in its
-    Host, with libvirt's loop) and ``power_sync`` (the
+    Host, with libvirt's loop), ``power_sync`` (the
     :class:`~nova_lifecycle.compute.hooks.ManagerHooks` on the listening
-    compute manager), whose public methods are what the Guru Meditation
+    compute manager) and ``liveness`` (the
+    :class:`~nova_lifecycle.virt.liveness.LivenessWatch`), whose public
+    methods are what the Guru Meditation
     section, the metrics, the main job, benchmarks and tests read. Driver
     calls that stop or restart domains register their instance with the
     event path while they run (see :mod:`tracked_methods`).
@@ -85,6 +90,12 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             lambda stopping: self.power_sync.resync(), 'lifecycle-resync')
         self._stats_logger = background.SingleRunner(
             self._log_stats, 'lifecycle-stats')
+        self.liveness = liveness.LivenessWatch(
+            self.event_handler, self.event_path, self._resyncer.trigger)
+        self._liveness_runner = background.SingleRunner(
+            lambda stopping: liveness.run(
+                self.liveness, CONF.lifecycle, stopping,
+                LIVENESS_CHECK_INTERVAL), 'lifecycle-liveness')
         self._metrics_writer = background.SingleRunner(
             lambda stopping: metrics.run_textfile_writer(
                 self, CONF.lifecycle, stopping), 'lifecycle-metrics')
@@ -238,6 +249,10 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         if CONF.lifecycle.metrics_textfile:
             self._metrics_writer.trigger()
         super().init_host(host)
+        # Upstream's init_host started libvirt's loop (Host._init_events),
+        # unless a test harness keeps event threads out: nothing to watch.
+        if self.event_handler.status()['running']:
+            self._liveness_runner.trigger()
 
     def _log_stats(self, stopping):
         while not stopping.wait(CONF.lifecycle.stats_log_interval):
@@ -260,6 +275,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._resyncer.stop()
         self._stats_logger.stop()
         self._metrics_writer.stop()
+        self._liveness_runner.stop()
         super().cleanup_host(host)
         self.event_handler.stop()
         self.event_path.stop()
@@ -276,7 +292,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
                 self.event_path.threads_alive())
         left += [runner.name for runner in (
             self._reconnector, self._resyncer, self._stats_logger,
-            self._metrics_writer)
+            self._metrics_writer, self._liveness_runner)
             if runner.is_running()]
         LOG.log(logging.WARNING if counts['pending'] or left else logging.INFO,
                 'nova-lifecycle stopped: %(counts)s; %(threads)s',

@@ -161,6 +161,10 @@ class LifecycleEventHandler:
         status['connections lost'] = self._connections_lost
         return status
 
+    def nudge(self):
+        """Make libvirt's loop turn once soon (see ``LibvirtEventLoop``)."""
+        self._loop.nudge()
+
     def threads_alive(self):
         """Names of the handler's threads still running."""
         alive = []

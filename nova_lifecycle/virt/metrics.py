@@ -127,6 +127,14 @@ def _families(driver):
     lost.add_metric([], loop['connections lost'])
     yield lost
 
+    stalled = core.GaugeMetricFamily(
+        PREFIX + 'stalled',
+        '1 while a part of the event path has not moved for '
+        'stall_timeout seconds.', labels=['part'])
+    for part, is_stalled in sorted(driver.liveness.stalled().items()):
+        stalled.add_metric([part], 1 if is_stalled else 0)
+    yield stalled
+
     steps = core.CounterMetricFamily(
         PREFIX + 'power_sync_instances',
         'Instances visited by the periodic power-state sync, by what became '
