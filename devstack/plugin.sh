@@ -35,7 +35,8 @@ set -o xtrace
 # unset variable leaves the option out, so the plugin's default applies.
 NOVA_LIFECYCLE_OPTIONS="stopped_event_delay:float fast_stopped_events:bool"
 NOVA_LIFECYCLE_OPTIONS+=" stopped_event_grace:float dispatch_workers:int"
-NOVA_LIFECYCLE_OPTIONS+=" stats_log_interval:int"
+NOVA_LIFECYCLE_OPTIONS+=" stats_log_interval:int stall_timeout:int"
+NOVA_LIFECYCLE_OPTIONS+=" metrics_textfile:path metrics_interval:int"
 
 # What devstack's hypervisor-libvirt sets; clean puts it back.
 NOVA_LIFECYCLE_UPSTREAM_DRIVER=libvirt.LibvirtDriver
@@ -72,6 +73,11 @@ function _nova_lifecycle_value {
             ;;
         int)
             if ! [[ "$value" =~ ^[0-9]+$ ]]; then
+                value="?"
+            fi
+            ;;
+        path)
+            if ! [[ "$value" == /* && "$value" != *[[:space:]]* ]]; then
                 value="?"
             fi
             ;;

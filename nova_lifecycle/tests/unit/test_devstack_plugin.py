@@ -217,6 +217,8 @@ def other_value(opt):
         return str(opt.default + 1.5)
     if isinstance(opt, cfg.IntOpt):
         return str(opt.default + 1)
+    if isinstance(opt, cfg.StrOpt) and opt.dest.endswith('_textfile'):
+        return '/var/lib/node_exporter/textfile/%s.prom' % opt.dest
     raise AssertionError('no test value for %s option %s' % (
         type(opt).__name__, opt.dest))
 
@@ -350,15 +352,14 @@ class DevstackPluginTest(base.TestCase):
                          lifecycle_options(self.cpu_conf))
 
     def test_malformed_values_fail_before_anything_is_written(self):
-        for name, value in (('DISPATCH_WORKERS', 'eight'),
-                            ('STOPPED_EVENT_DELAY', '-1'),
-                            ('STOPPED_EVENT_GRACE', '2s'),
-                            ('FAST_STOPPED_EVENTS', 'maybe')):
+        malformed = (('DISPATCH_WORKERS', 'eight'),
+                     ('STOPPED_EVENT_DELAY', '-1'),
+                     ('STOPPED_EVENT_GRACE', '2s'),
+                     ('FAST_STOPPED_EVENTS', 'maybe'),
+                     ('METRICS_TEXTFILE', 'relative/x.prom'))
+        for name, value in malformed:
             self.clear_calls()
-            env = {'NOVA_LIFECYCLE_' + other: ''
-                   for other in ('DISPATCH_WORKERS', 'STOPPED_EVENT_DELAY',
-                                 'STOPPED_EVENT_GRACE',
-                                 'FAST_STOPPED_EVENTS')}
+            env = {'NOVA_LIFECYCLE_' + other: '' for other, _ in malformed}
             env['NOVA_LIFECYCLE_' + name] = value
             result = self.stack_fails(**env)
             self.assertIn("NOVA_LIFECYCLE_%s='%s'" % (name, value),
