@@ -74,7 +74,7 @@ class ManagerHooks:
             setattr(manager, _HOOKED, functools.partial(
                 self._sync_step, manager))
             setattr(manager, _GRACEFUL, functools.partial(
-                self._graceful_shutdown, getattr(manager, _GRACEFUL)))
+                self._graceful_shutdown, manager))
             self.manager = manager
             LOG.info('nova-lifecycle hooked the power-state sync of compute '
                      'manager for host %s.', manager.host)
@@ -112,9 +112,14 @@ class ManagerHooks:
                 'age': snapshot.age()},
         }
 
-    def _graceful_shutdown(self, nova_graceful_shutdown, *args, **kwargs):
+    def _graceful_shutdown(self, manager, *args, **kwargs):
+        """The service's stop began: note it, then run Nova's method.
+
+        Nova's method is looked up in the manager's class at each call, so
+        a patch of it (a test's, a hot-fix) still runs behind this hook.
+        """
         self._stopping.set()
-        return nova_graceful_shutdown(*args, **kwargs)
+        return type(manager).graceful_shutdown(manager, *args, **kwargs)
 
     def shutdown_in_progress(self):
         """True once the listening manager's service has begun to stop."""

@@ -172,6 +172,14 @@ class EventPath:
         """Context manager: a driver ``operation`` on ``uuid`` runs."""
         return self._operations.track(uuid, operation)
 
+    def operation_explains(self, uuid):
+        """True while a driver operation explains a STOPPED of ``uuid``.
+
+        One runs on the instance, or one that stops domains ended less
+        than ``stopped_event_delay`` ago (its STOPPED may come late).
+        """
+        return self._policy.explained(uuid)
+
     def stop_waiter(self, uuid):
         """Context manager: an Event set by each STOPPED of ``uuid``."""
         return self._stop_waiters.waiting_for(uuid)
@@ -357,11 +365,11 @@ class EventPath:
         reason = self._policy.recheck(event)
         if reason:
             return reason
-        why = libvirt_events.stop_reason(event)
-        LOG.info('Instance %s is off: %s; its STOPPED event goes to Nova.',
-                 event.uuid, why)
         delivered = self._deliver_timed(event)
-        if delivered:
+        if delivered is True:
+            why = libvirt_events.stop_reason(event)
+            LOG.info('Instance %s is off: %s; Nova was told.', event.uuid,
+                     why)
             with self._stop_reasons_lock:
                 self._stop_reasons[why] += 1
         return delivered

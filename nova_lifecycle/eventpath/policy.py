@@ -93,6 +93,15 @@ class StoppedPolicy:
             return self._grace()
         return conf.stopped_event_delay
 
+    def explained(self, uuid):
+        """True when a driver operation explains a STOPPED of ``uuid``."""
+        if self._operations.active(uuid):
+            return True
+        ended = self._operations.ended(uuid)
+        return (ended is not None and
+                ended[0] <= self._conf.stopped_event_delay and
+                ended[1] in operations.STOPPING_METHODS)
+
     def after_operations(self):
         """Seconds a STOPPED is held once the driver's operations end.
 

@@ -50,6 +50,9 @@ SNAPSHOT_MAX_AGE = 60.0
 # Waits between attempts to reconnect to libvirt: doubling up to the cap.
 RECONNECT_FIRST_WAIT = 1.0
 RECONNECT_MAX_WAIT = 30.0
+# Why an unexplained STOPPED is not delivered while nova-compute stops.
+REASON_LEFT_TO_NEXT_START = ("nova-compute is stopping: left to the next "
+                             "start's sync")
 # Seconds between two looks at the event path's liveness.
 LIVENESS_CHECK_INTERVAL = 5.0
 
@@ -144,7 +147,28 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         callback = self._compute_event_callback
         if callback is None:
             return False
+        if self._left_to_next_start(event):
+            return REASON_LEFT_TO_NEXT_START
         callback(event)
+        return True
+
+    def _left_to_next_start(self, event):
+        """An unexplained STOPPED while nova-compute stops is not handed on.
+
+        Nova would answer it with the compute API's stop(), whose RPC goes
+        to the 'compute' server that stopped first: the instance would sit
+        in powering-off until the service starts again. The sync at the
+        next start sees the domain off and stops it then. A STOPPED that a
+        driver operation explains (one running on compute-alt) still goes.
+        """
+        if (event.transition != virtevent.EVENT_LIFECYCLE_STOPPED or
+                not self.power_sync.shutdown_in_progress() or
+                self.event_path.operation_explains(event.uuid)):
+            return False
+        LOG.info('STOPPED event for instance %s left to the power-state '
+                 'sync at the next start: nova-compute is stopping, and the '
+                 'stop Nova would ask for could not reach it now.',
+                 event.uuid)
         return True
 
     def _live_domain_state(self, uuid):

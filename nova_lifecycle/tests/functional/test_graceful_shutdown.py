@@ -55,6 +55,7 @@ from oslo_utils import fileutils
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
+from nova_lifecycle.virt import driver as lc_driver
 from nova_lifecycle.virt import shutdown
 
 # Nova 34 tracks the manager's tasks and skips periodic tasks during a
@@ -71,6 +72,7 @@ MANAGER_SHUTDOWN_TIMEOUT = 30 if NOVA_TRACKS_TASKS else 0
 # A slow guest powers off half-way between two re-reads of its domain by
 # the power-off: only its STOPPED event can end the wait then.
 HALF_RECHECK = shutdown.RECHECK_INTERVAL / 2
+LEFT_TO_NEXT_START = lc_driver.REASON_LEFT_TO_NEXT_START
 
 DRAIN_LINE = ('Pending STOPPED event for instance %s dropped by shutdown; '
               'the power state sync at the next start-up reconciles it.')
@@ -212,15 +214,21 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         waiting = threading.Event()
         release = threading.Event()
         manager = compute.manager
+        nova_graceful_shutdown = type(manager).graceful_shutdown
 
-        def graceful_shutdown(*args):
+        def graceful_shutdown(which, *args):
             # nova 34 passes its timeout, nova 33 nothing.
+            if which is not manager:
+                return nova_graceful_shutdown(which, *args)
             waiting.set()
             release.wait(OPERATION_TIMEOUT)
             manager.cleanup_host()
 
-        self.useFixture(fixtures.MockPatchObject(
-            manager, 'graceful_shutdown', side_effect=graceful_shutdown))
+        # Nova's method, in the class: the plugin's hook on the manager
+        # (which learns there that the service stops) still runs first.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.compute.manager.ComputeManager.graceful_shutdown',
+            graceful_shutdown))
         self.addCleanup(release.set)
         return waiting, release
 
@@ -872,6 +880,52 @@ class DrainTest(GracefulShutdownBase):
         self.restart_plugin_compute(self.src)
         self._confirm_and_delete(server)
 
+    def test_unexplained_stopped_while_stopping_is_left_to_the_next_start(
+            self):
+        """A guest powers itself off while nova-compute stops.
+
+        Handed to Nova, its STOPPED would make the manager call the compute
+        API's stop(), whose RPC goes to the 'compute' server that already
+        stopped: the server would sit in powering-off until the service
+        starts again. The plugin leaves it to the sync at the next start.
+        """
+        server = self._create_server(host='src', networks='none')
+        waiting, release = self.hold_manager_shutdown(self.src)
+        stop = self.stop_gracefully(self.src)
+        self.assertTrue(waiting.wait(30))
+        before = self.src.stats()
+
+        conn = self.src.connection
+        dom = conn.lookupByUUIDString(server['id'])
+        conn._emit_lifecycle(dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN,
+                             libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST)
+        dom._state = base.SHUTOFF
+        conn._mark_not_running(dom)
+        self.assertTrue(base.wait_until(
+            lambda: self.src.stats()['received'] > before['received'] and
+            self.src.stats()['pending'] == 0), self.src.stats())
+
+        self.assert_no_stop_calls()
+        stats = self.src.stats()
+        self.assertEqual(
+            1, stats['cancelled_by_reason'].get(LEFT_TO_NEXT_START), stats)
+        lines = self.log_lines('left to the power-state sync at the next '
+                               'start')
+        self.assertEqual(1, len(lines), lines)
+        self.assertIn(server['id'], lines[0])
+        server = self.api.get_server(server['id'])
+        self.assertEqual('ACTIVE', server['status'])
+        self.assertIsNone(server['OS-EXT-STS:task_state'])
+
+        release.set()
+        self.wait_for_stopped(self.src, stop)
+        # The next start's sync sees the guest off and stops the server.
+        src = self.restart_plugin_compute(self.src)
+        src.manager._sync_power_states(nova_context.get_admin_context())
+        self._wait_for_state_change(server, 'SHUTOFF')
+        self.assertEqual([server['id']], self.api_calls.made('stop'))
+        self._delete_server(server)
+
     def _confirm_and_delete(self, server):
         self.api.post_server_action(server['id'], {'confirmResize': None})
         server = self._wait_for_state_change(server, 'ACTIVE')
@@ -888,9 +942,10 @@ class DrainTest(GracefulShutdownBase):
         self.assertTrue(waiting.wait(30))
         before = self.src.stats()
 
-        # The guest powers itself off: handed on after the grace, while
-        # the service shuts down. The others are destroyed behind Nova's
-        # back: held for the full delay, still held at cleanup_host.
+        # The guest powers itself off: after the grace its STOPPED is left
+        # to the next start (a stop() now would go to the stopped RPC
+        # server). The others are destroyed behind Nova's back: held for
+        # the full delay, still held at cleanup_host.
         self.external_stop(
             guest_off, libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST,
             libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
@@ -899,14 +954,16 @@ class DrainTest(GracefulShutdownBase):
                 server, libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST,
                 libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
         self.assertTrue(base.wait_until(
-            lambda: self.src.stats()['delivered'] ==
-            before['delivered'] + 1), self.src.stats())
+            lambda: self.src.stats()['cancelled_by_reason'].get(
+                LEFT_TO_NEXT_START, 0) ==
+            before['cancelled_by_reason'].get(LEFT_TO_NEXT_START, 0) + 1),
+            self.src.stats())
         self.assertEqual(
             sorted(s['id'] for s in destroyed),
             sorted(uuid for uuid, _
                    in self.src.driver.event_path.status().held))
-        self.assertTrue(base.wait_until(
-            lambda: self.api_calls.made('stop') == [guest_off['id']]))
+        self.assertEqual(before['delivered'], self.src.stats()['delivered'])
+        self.assert_no_stop_calls()
 
         release.set()
         self.wait_for_stopped(self.src, stop)
@@ -918,7 +975,7 @@ class DrainTest(GracefulShutdownBase):
         self.assertEqual(2, len(self.log_lines('dropped by shutdown')))
         stats = self.src.stats()
         self.assertEqual(before['received'] + 3, stats['received'], stats)
-        self.assertEqual({'shutdown': 2}, {
+        self.assertEqual({'shutdown': 2, LEFT_TO_NEXT_START: 1}, {
             reason: count - before['cancelled_by_reason'].get(reason, 0)
             for reason, count in stats['cancelled_by_reason'].items()
             if count != before['cancelled_by_reason'].get(reason, 0)})
