@@ -50,7 +50,11 @@ def build_parser():
                     'scheduler, placement, SQLite) whose compute runs the '
                     'plugin, then upstream\'s libvirt driver; the same '
                     'power-state scenarios through the API on both, one '
-                    'table and a PNG plot of the latencies.')
+                    'table and a PNG plot of the latencies.',
+        epilog='Concurrency mode: Nova\'s own switch, the environment '
+               'variable OS_NOVA_DISABLE_EVENTLET_PATCHING (true: native '
+               'threads, false: eventlet). tools/main-job.sh and tox -e '
+               'mainjob-nova3x run both modes, one after the other.')
     parser.add_argument(
         '--libvirt-uri', default=FAKE, metavar='URI',
         help='"fake" (default): Nova\'s fake libvirt, nothing to install; '
@@ -72,10 +76,14 @@ def build_parser():
                              'are good, 2 otherwise) without loading Nova')
     parser.add_argument(
         '--plot', metavar='PATH',
-        help='PNG file for the latency plot (default: %s/latency-nova<N>-'
-             '<mode>-<fake|real>.png)' % OUTPUT_DIR)
+        help='PNG file for the latency plot; -nova<N>-<mode>-<fake|real> is '
+             'put before its extension, so each run keeps its own '
+             '(default: %s/latency-nova<N>-<mode>-<fake|real>.png)'
+             % OUTPUT_DIR)
     parser.add_argument('--json', metavar='PATH',
-                        help='also write the results as JSON to PATH')
+                        help='also write the results as JSON, to PATH with '
+                             '-nova<N>-<mode>-<fake|real> before its '
+                             'extension')
     parser.add_argument(
         '--log-dir', metavar='DIR',
         help='where Nova\'s log of each deployment goes (default: '
@@ -117,6 +125,16 @@ def parse_args(argv):
 
 def output_stem(nova_major, mode, real):
     return 'nova%s-%s-%s' % (nova_major, mode, 'real' if real else 'fake')
+
+
+def per_run_path(path, nova_major, mode, real):
+    """``path`` with ``-nova<N>-<mode>-<fake|real>`` before its extension.
+
+    tox runs the main job once per concurrency mode with the same
+    arguments: each run keeps its own file.
+    """
+    stem, ext = os.path.splitext(path)
+    return '%s-%s%s' % (stem, output_stem(nova_major, mode, real), ext)
 
 
 def default_plot_path(nova_major, mode, real):
@@ -192,8 +210,11 @@ def main(argv=None, stdout=None):
     mode = 'threading' if concurrency.threading_mode() else 'eventlet'
     info = results.RunInfo(_nova_version(), mode,
                            options.libvirt_uri if options.real else FAKE)
-    plot_path = options.plot or default_plot_path(info.nova_major, mode,
-                                                  options.real)
+    plot_path = (per_run_path(options.plot, info.nova_major, mode,
+                              options.real) if options.plot else
+                 default_plot_path(info.nova_major, mode, options.real))
+    json_path = options.json and per_run_path(options.json, info.nova_major,
+                                              mode, options.real)
     log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
                                                  options.real)
     _log_to_file(os.path.join(log_dir, 'mainjob.log'))
@@ -212,11 +233,11 @@ def main(argv=None, stdout=None):
                     'CHANGE TO API LATENCY, %s' % info.describe(),
                     options.drivers)
     out.write('plot: %s\nnova logs: %s\n' % (plot_path, log_dir))
-    if options.json:
-        os.makedirs(os.path.dirname(options.json) or '.', exist_ok=True)
-        with open(options.json, 'w') as f:
+    if json_path:
+        os.makedirs(os.path.dirname(json_path) or '.', exist_ok=True)
+        with open(json_path, 'w') as f:
             f.write(tables.to_json(info, all_results))
-        out.write('json: %s\n' % options.json)
+        out.write('json: %s\n' % json_path)
     status = tables.exit_status(all_results)
     out.write('main job: %s\n' % ('PASS' if status == 0 else
                                   'FAIL (a plugin scenario failed)'))

@@ -314,6 +314,18 @@ class CliTest(base.TestCase):
         self.assertNotIn('install-deps', done.stdout)
         self.assertNotIn('FAILED', done.stdout)
 
+    def test_each_run_keeps_its_own_json_and_plot(self):
+        self.assertEqual(
+            os.path.join('out', 'r-nova34-threading-fake.json'),
+            cli.per_run_path(os.path.join('out', 'r.json'), '34',
+                             'threading', False))
+        self.assertEqual('p-nova33-eventlet-real.png',
+                         cli.per_run_path('p.png', '33', 'eventlet', True))
+
+    def test_help_says_how_to_choose_the_mode(self):
+        self.assertIn('OS_NOVA_DISABLE_EVENTLET_PATCHING',
+                      cli.build_parser().format_help())
+
     def test_default_paths_are_under_build(self):
         self.assertEqual(
             os.path.join('build', 'mainjob',
