@@ -31,6 +31,13 @@ LOG = logging.getLogger(__name__)
 PREFIX = 'nova_lifecycle_'
 
 
+def _single(kind, name, doc, value):
+    """A family of one unlabelled sample."""
+    family = kind(PREFIX + name, doc)
+    family.add_metric([], value)
+    return family
+
+
 def _families(driver):
     from prometheus_client import core
 
@@ -39,10 +46,10 @@ def _families(driver):
     syncs = driver.power_sync.status()
     counts = path.counts
 
-    received = core.CounterMetricFamily(
-        PREFIX + 'events_received', 'Instance events received from libvirt.')
-    received.add_metric([], counts['received'])
-    yield received
+    yield _single(
+        core.CounterMetricFamily, 'events_received',
+        'Instance events received from libvirt.',
+        counts['received'])
 
     ended = core.CounterMetricFamily(
         PREFIX + 'events_ended',
@@ -56,29 +63,26 @@ def _families(driver):
         ended.add_metric(['failed', error], number)
     yield ended
 
-    pending = core.GaugeMetricFamily(
-        PREFIX + 'events_pending', 'Instance events not ended yet.')
-    pending.add_metric([], counts['pending'])
-    yield pending
+    yield _single(
+        core.GaugeMetricFamily, 'events_pending',
+        'Instance events not ended yet.',
+        counts['pending'])
 
-    oldest = core.GaugeMetricFamily(
-        PREFIX + 'oldest_pending_event_age_seconds',
+    yield _single(
+        core.GaugeMetricFamily, 'oldest_pending_event_age_seconds',
         'Age of the oldest event not ended yet (0 when none is pending); a '
-        'held STOPPED counts, so up to stopped_event_delay is normal.')
-    oldest.add_metric([], counts['oldest_pending_age'] or 0.0)
-    yield oldest
+        'held STOPPED counts, so up to stopped_event_delay is normal.',
+        counts['oldest_pending_age'] or 0.0)
 
-    held = core.GaugeMetricFamily(
-        PREFIX + 'held_stopped_events',
-        'STOPPED events held, waiting for a later event or their deadline.')
-    held.add_metric([], len(path.held))
-    yield held
+    yield _single(
+        core.GaugeMetricFamily, 'held_stopped_events',
+        'STOPPED events held, waiting for a later event or their deadline.',
+        len(path.held))
 
-    queue = core.GaugeMetricFamily(
-        PREFIX + 'dispatch_queue_depth',
-        'Events waiting for a dispatch worker.')
-    queue.add_metric([], path.dispatch_queue)
-    yield queue
+    yield _single(
+        core.GaugeMetricFamily, 'dispatch_queue_depth',
+        'Events waiting for a dispatch worker.',
+        path.dispatch_queue)
 
     latency = path.delivery_latency
     histogram = core.HistogramMetricFamily(
@@ -99,33 +103,29 @@ def _families(driver):
         stopped.add_metric([reason], number)
     yield stopped
 
-    failures = core.CounterMetricFamily(
-        PREFIX + 'libvirt_loop_failures',
-        'Iterations of libvirt\'s event loop that raised.')
-    failures.add_metric([], loop['failures'])
-    yield failures
+    yield _single(
+        core.CounterMetricFamily, 'libvirt_loop_failures',
+        'Iterations of libvirt\'s event loop that raised.',
+        loop['failures'])
 
-    running = core.GaugeMetricFamily(
-        PREFIX + 'libvirt_loop_running',
-        '1 while libvirt\'s event loop thread runs.')
-    running.add_metric([], 1 if loop['running'] else 0)
-    yield running
+    yield _single(
+        core.GaugeMetricFamily, 'libvirt_loop_running',
+        '1 while libvirt\'s event loop thread runs.',
+        1 if loop['running'] else 0)
 
     idle = loop['seconds since last turn']
     if idle is not None:
-        since = core.GaugeMetricFamily(
-            PREFIX + 'libvirt_loop_seconds_since_last_turn',
+        yield _single(
+            core.GaugeMetricFamily, 'libvirt_loop_seconds_since_last_turn',
             'Seconds since an iteration of libvirt\'s event loop returned '
-            '(keepalives make it turn every few seconds while connected).')
-        since.add_metric([], idle)
-        yield since
+            '(keepalives make it turn every few seconds while connected).',
+            idle)
 
-    lost = core.CounterMetricFamily(
-        PREFIX + 'libvirt_connections_lost',
+    yield _single(
+        core.CounterMetricFamily, 'libvirt_connections_lost',
         'Connection-closed notices from libvirt (each followed by a '
-        'reconnect and a resync).')
-    lost.add_metric([], loop['connections lost'])
-    yield lost
+        'reconnect and a resync).',
+        loop['connections lost'])
 
     stalled = core.GaugeMetricFamily(
         PREFIX + 'stalled',
@@ -145,11 +145,10 @@ def _families(driver):
 
     bulk = syncs['last bulk query']
     if bulk is not None and bulk['seconds'] is not None:
-        query = core.GaugeMetricFamily(
-            PREFIX + 'power_sync_bulk_query_seconds',
-            'Seconds the last bulk power-state query of libvirt took.')
-        query.add_metric([], bulk['seconds'])
-        yield query
+        yield _single(
+            core.GaugeMetricFamily, 'power_sync_bulk_query_seconds',
+            'Seconds the last bulk power-state query of libvirt took.',
+            bulk['seconds'])
 
 
 class Collector:

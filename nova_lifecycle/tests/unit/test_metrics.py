@@ -21,6 +21,7 @@ from prometheus_client import parser
 from nova_lifecycle import concurrency
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.tests.unit import test_report
 from nova_lifecycle.virt import metrics
 
 WAIT = 10
@@ -40,24 +41,12 @@ def read(path):
     return samples
 
 
-class MetricsTest(test_driver.DriverTestCase):
+class MetricsTest(test_report.HeldStoppedTestCase):
 
     def setUp(self):
         super().setUp()
-        self.flags(stopped_event_delay=60, group='lifecycle')
         self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
                                  'nova_lifecycle.prom')
-        self.driver.register_event_listener(self.listener)
-        self.conn = self.start_events()
-        self.dom = self.conn.createXML(test_driver.DOMAIN_XML, 0)
-        self.conn._emit_lifecycle(
-            self.dom, libvirt_events.DOMAIN_EVENT_STOPPED,
-            libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
-        # As in test_report: Nova's fake sends a STARTED it cannot read
-        # yet (failed), then the real one (delivered); the STOPPED is held.
-        self.assertTrue(self.driver.event_path.wait_for_counts(
-            lambda c: (c['received'], c['delivered'], c['failed'],
-                       c['pending']) == (3, 1, 1, 1), WAIT))
 
     def test_values_after_a_known_sequence(self):
         metrics.write_textfile(self.driver, self.path)

@@ -28,7 +28,8 @@ WAIT = 10
 UUID = test_driver.UUID
 
 
-class ReportTest(test_driver.DriverTestCase):
+class HeldStoppedTestCase(test_driver.DriverTestCase):
+    """A domain created, then destroyed: its STOPPED is held (60 s)."""
 
     def setUp(self):
         super().setUp()
@@ -45,6 +46,12 @@ class ReportTest(test_driver.DriverTestCase):
         self.assertTrue(self.driver.event_path.wait_for_counts(
             lambda s: (s['received'], s['delivered'], s['failed'],
                        s['pending']) == (3, 1, 1, 1), WAIT))
+
+
+class ReportTest(HeldStoppedTestCase):
+
+    def setUp(self):
+        super().setUp()
         status_report.register(self.driver)
 
     def test_status_accounts_for_every_event(self):
