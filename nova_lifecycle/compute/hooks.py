@@ -29,6 +29,7 @@ the service starts to stop. ``detach`` (when the manager unregisters, at
 import collections
 import functools
 import threading
+import time
 
 from oslo_log import log as logging
 
@@ -62,6 +63,7 @@ class ManagerHooks:
         self._stopping = threading.Event()
         self._outcomes = collections.Counter()
         self._outcomes_lock = threading.Lock()
+        self._round = None
         self.manager = None
 
     def attach(self, callback):
@@ -87,26 +89,43 @@ class ManagerHooks:
             manager.__dict__.pop(_GRACEFUL, None)
 
     def _sync_step(self, manager, context, db_instance):
-        outcome = sync.query_and_sync(manager, self._recent_power_states,
-                                      context, db_instance)
+        # An error is Nova's periodic task's to log, with the instance.
+        outcome = sync.FAILED
+        try:
+            outcome = sync.query_and_sync(manager, self._recent_power_states,
+                                          context, db_instance)
+        finally:
+            self._step_done(outcome)
+
+    def _step_done(self, outcome):
+        done = time.monotonic()
+        snapshot = self._recent_power_states()
         with self._outcomes_lock:
             self._outcomes[outcome] += 1
+            if snapshot is not None:
+                self._round = _SyncRound.next(self._round, snapshot, done)
 
     def status(self):
         """The power-state syncs as plain data.
 
         ``instances``: per-instance steps since start, by what became of
-        the instance (settled by the bulk query, checked by Nova's decision
-        table, skipped, gone); ``hooked``: whether a compute manager
-        listens; ``last bulk query``: its domains and seconds it took, and
-        its age, while it is recent.
+        the instance (settled by the bulk query, checked or corrected by
+        Nova's decision table, skipped, gone, failed); ``hooked``: whether a compute
+        manager listens; ``last sync``: the instances of the latest sync
+        and the seconds from its bulk query to the end of its last
+        instance (Nova syncs instances in its pool, so the periodic task
+        returns before they are done); ``last bulk query``: its domains
+        and seconds it took, and its age, while it is recent.
         """
         with self._outcomes_lock:
             outcomes = dict(self._outcomes)
+            latest = self._round
         snapshot = self._recent_power_states()
         return {
             'hooked': self.manager is not None,
             'instances': outcomes,
+            'last sync': None if latest is None else {
+                'instances': latest.steps, 'seconds': latest.seconds()},
             'last bulk query': None if snapshot is None else {
                 'domains': len(snapshot), 'seconds': snapshot.duration,
                 'age': snapshot.age()},
@@ -144,3 +163,25 @@ class ManagerHooks:
                  manager.host)
         manager._sync_power_states(nova_context.get_admin_context())
         return True
+
+
+class _SyncRound:
+    """The instances of one periodic sync: those that used one snapshot."""
+
+    def __init__(self, snapshot, done):
+        self.snapshot = snapshot
+        self.steps = 1
+        self.last_done = done
+
+    @classmethod
+    def next(cls, current, snapshot, done):
+        if current is None or current.snapshot is not snapshot:
+            return cls(snapshot, done)
+        current.steps += 1
+        current.last_done = max(current.last_done, done)
+        return current
+
+    def seconds(self):
+        """From the start of the bulk query to the end of the last step."""
+        started = self.snapshot.taken_at - (self.snapshot.duration or 0.0)
+        return self.last_done - started

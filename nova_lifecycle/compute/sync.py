@@ -62,8 +62,10 @@ SETTLED = {
 # What became of one instance in a sync (query_and_sync's result).
 SETTLED_BY_SNAPSHOT = 'settled by the bulk query'
 DECIDED_BY_NOVA = 'checked by Nova\'s decision table'
+CORRECTED = 'corrected by Nova\'s decision table'
 SKIPPED = 'skipped: task pending'
 GONE = 'gone during the sync'
+FAILED = 'failed'
 
 
 def settled(db_instance, seen):
@@ -87,7 +89,10 @@ def query_and_sync(manager, recent_power_states, context, db_instance):
     :param recent_power_states: returns a recent PowerStateSnapshot or
         None (then every instance is read on its own, as upstream).
     :returns: what became of the instance (:data:`SETTLED_BY_SNAPSHOT`,
-        :data:`DECIDED_BY_NOVA`, :data:`SKIPPED`, :data:`GONE`).
+        :data:`DECIDED_BY_NOVA` when Nova's table left the row as it was,
+        :data:`CORRECTED` when it changed the row's power state, vm state
+        or task state (a stop it asked for included), :data:`SKIPPED`,
+        :data:`GONE`).
     """
     if db_instance.task_state is not None:
         LOG.info("During sync_power_state the instance has a pending task "
@@ -121,10 +126,16 @@ def _sync_one(manager, snapshot, context, db_instance):
             vm_power_state = manager.driver.get_info(db_instance).state
         except exception.InstanceNotFound:
             vm_power_state = power_state.NOSTATE
+    before = _row_state(db_instance)
     with _refreshed_once(db_instance, snapshot is not None):
         manager._sync_instance_power_state(context, db_instance,
                                            vm_power_state, use_slave=True)
-    return DECIDED_BY_NOVA
+    return DECIDED_BY_NOVA if _row_state(db_instance) == before else CORRECTED
+
+
+def _row_state(db_instance):
+    return (db_instance.power_state, db_instance.vm_state,
+            db_instance.task_state)
 
 
 @contextlib.contextmanager

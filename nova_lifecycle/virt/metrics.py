@@ -143,6 +143,14 @@ def _families(driver):
         steps.add_metric([outcome], number)
     yield steps
 
+    latest = syncs['last sync']
+    if latest is not None:
+        yield _single(
+            core.GaugeMetricFamily, 'power_sync_seconds',
+            'Seconds the latest periodic power-state sync took, from its '
+            'bulk query to the end of its last instance.',
+            latest['seconds'])
+
     bulk = syncs['last bulk query']
     if bulk is not None and bulk['seconds'] is not None:
         yield _single(

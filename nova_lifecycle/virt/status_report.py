@@ -56,6 +56,7 @@ def status(driver):
         'STOPPED events delivered, by why the domain stopped':
             path.stopped_by_reason,
         'libvirt event loop': driver.event_handler.status(),
+        'power-state sync': driver.power_sync.status(),
         'stalled': driver.liveness.stalled(),
         'threads': concurrency.plugin_threads(),
     }

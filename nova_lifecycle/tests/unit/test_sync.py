@@ -18,6 +18,7 @@ the hooked manager so a reader sees the whole table in one place.
 """
 
 import inspect
+import os
 import time
 from unittest import mock
 
@@ -37,6 +38,8 @@ from nova.virt import hardware
 from nova_lifecycle.compute import hooks
 from nova_lifecycle.compute import sync
 from nova_lifecycle.tests.unit import test_driver
+from nova_lifecycle.tests.unit import test_metrics
+from nova_lifecycle.virt import metrics
 from nova_lifecycle.virt import snapshot
 
 UUID = '11111111-2222-3333-4444-555555555555'
@@ -261,7 +264,7 @@ class DecisionTableTest(test.NoDBTestCase):
         status = self.hooks.status()
         self.assertTrue(status['hooked'])
         self.assertEqual({sync.SETTLED_BY_SNAPSHOT: 1,
-                          sync.DECIDED_BY_NOVA: 1, sync.SKIPPED: 1},
+                          sync.CORRECTED: 1, sync.SKIPPED: 1},
                          status['instances'])
 
     def test_detach_restores_nova_graceful_shutdown(self):
@@ -453,3 +456,34 @@ class BulkSyncCallCountTest(test_driver.DriverTestCase):
         self.assertEqual(1, calls.pop('getAllDomainStats'))
         self.assertLessEqual(sum(calls.values()), 2, calls)
         self.assertEqual(RUNNING, self.instances[7].power_state)
+
+    def test_a_sync_is_timed_and_its_corrections_counted(self):
+        self.add_instances(20)
+        self.instances[3].power_state = SHUTDOWN
+        self.instances[4].power_state = SHUTDOWN
+        with mock.patch.object(objects.Instance, 'save',
+                               side_effect=[None, ValueError('db down')]):
+            self.sync_calls(unsettled=2)
+        status = self.driver.power_sync.status()
+        self.assertEqual({sync.SETTLED_BY_SNAPSHOT: 18, sync.CORRECTED: 1,
+                          sync.FAILED: 1}, status['instances'])
+        latest = status['last sync']
+        self.assertEqual(20, latest['instances'])
+        self.assertGreaterEqual(latest['seconds'],
+                                status['last bulk query']['seconds'])
+
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'nova_lifecycle.prom')
+        metrics.write_textfile(self.driver, path)
+        got = test_metrics.read(path)
+        self.assertEqual(latest['seconds'],
+                         got[(metrics.PREFIX + 'power_sync_seconds', ())])
+        self.assertEqual(1, got[(
+            metrics.PREFIX + 'power_sync_instances_total',
+            (('outcome', sync.CORRECTED),))])
+
+        # The next sync, one more instance, is a round of its own.
+        self.add_instances(1)
+        self.sync_calls()
+        self.assertEqual(21, self.driver.power_sync.status()[
+            'last sync']['instances'])
