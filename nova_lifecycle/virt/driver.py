@@ -103,6 +103,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
             lambda stopping: metrics.run_textfile_writer(
                 self, CONF.lifecycle, stopping), 'lifecycle-metrics')
         self._cleanup_lock = threading.Lock()
+        self._cleaned_up = False
 
     # ComputeDriver event emitters
 
@@ -287,10 +288,16 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
         Nova may call this from more than one thread at once (each
         service stop runs the manager's graceful shutdown on its own
-        thread), so calls are serialised.
+        thread), so calls are serialised, and only the first one acts.
         """
         with self._cleanup_lock:
+            if self._cleaned_up:
+                # nova 34 stops 'compute' and 'compute-alt', each calling
+                # this: the first call did the work and logged the counts.
+                LOG.debug('nova-lifecycle is already stopped.')
+                return
             self._cleanup_host(host)
+            self._cleaned_up = True
 
     def _cleanup_host(self, host):
         # Stop libvirt's loop first so nothing new arrives while the
