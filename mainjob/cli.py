@@ -159,10 +159,25 @@ def _quiet_harness():
     os.environ['OS_TEST_TIMEOUT'] = str(DEPLOYMENT_TIMEOUT)
 
 
-def _log_to_file(path):
+def _hold_early_log_lines():
+    """Keep the log lines of the start-up in memory, off the console."""
+    import logging
+    from logging import handlers
+    early = handlers.MemoryHandler(capacity=100000,
+                                   flushLevel=logging.CRITICAL + 1)
+    root = logging.getLogger()
+    root.addHandler(early)
+    root.setLevel(logging.INFO)
+    # eventlet's deprecation warning, among others, as log lines.
+    logging.captureWarnings(True)
+    return early
+
+
+def _log_to_file(path, early=None):
     """Nova's log lines outside a deployment go to a file, not the console.
 
-    Inside a deployment Nova's harness keeps them (saved per driver).
+    Inside a deployment Nova's harness keeps them (saved per driver). The
+    lines ``early`` held since the start go to the file first.
     """
     import logging
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
@@ -172,6 +187,9 @@ def _log_to_file(path):
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(
         '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    if early is not None:
+        early.setTarget(handler)
+        early.close()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
 
@@ -186,6 +204,9 @@ def main(argv=None, stdout=None):
             out.write('%-20s %s\n' % (scenario.name, scenario.title))
         return 0
 
+    # Until the run's log file is known, keep log lines (Nova's banner
+    # about its concurrency mode, its warnings) off the console.
+    early = _hold_early_log_lines()
     from nova import monkey_patch
     monkey_patch.patch()
     _quiet_harness()
@@ -217,7 +238,7 @@ def main(argv=None, stdout=None):
                                               mode, options.real)
     log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
                                                  options.real)
-    _log_to_file(os.path.join(log_dir, 'mainjob.log'))
+    _log_to_file(os.path.join(log_dir, 'mainjob.log'), early)
     progress = runner.Progress(out)
     progress.line('main job: %s; scenarios: %s; drivers: %s' % (
         info.describe(), ', '.join(s.name for s in options.selected),
@@ -233,6 +254,10 @@ def main(argv=None, stdout=None):
                     'CHANGE TO API LATENCY, %s' % info.describe(),
                     options.drivers)
     out.write('plot: %s\nnova logs: %s\n' % (plot_path, log_dir))
+    if results.PLUGIN in options.drivers:
+        out.write('plugin metrics (Prometheus textfile, at the last '
+                  'compute stop): %s\n' % os.path.join(
+                      log_dir, results.METRICS_FILE))
     if json_path:
         os.makedirs(os.path.dirname(json_path) or '.', exist_ok=True)
         with open(json_path, 'w') as f:

@@ -53,6 +53,9 @@ HOSTNAME = environment.HOSTNAME
 SHUTDOWN_TIMEOUT = 3
 # Seconds the compute may take to stop its threads once stopped.
 STOP_WAIT = 30.0
+# Seconds between two writes of the plugin's metrics textfile (15 by
+# default; the scenarios are short).
+METRICS_INTERVAL = 2
 
 
 def graceful_shutdown_waits_for_tasks():
@@ -143,6 +146,11 @@ class DeploymentMixin:
             # Nova's harness keeps libvirt events off; the plugin starts
             # its own in Host._init_events, as in nova-compute.
             self.useFixture(lc_fixtures.LibvirtEvents())
+            if self._log_path is not None:
+                # What an operator's node-exporter would scrape.
+                self.flags(metrics_textfile=metrics_path(self._log_path),
+                           metrics_interval=METRICS_INTERVAL,
+                           group='lifecycle')
         self.hv = self._set_up_hypervisor()
         self.addCleanup(self._clean_up_hypervisor)
         self._threads_before = set(environment.plugin_threads())
@@ -215,6 +223,12 @@ class DeploymentMixin:
         os.makedirs(os.path.dirname(self._log_path) or '.', exist_ok=True)
         with open(self._log_path, 'w') as f:
             f.write(logger.output)
+
+
+def metrics_path(log_path):
+    """The plugin's Prometheus textfile, beside its deployment's log."""
+    return os.path.join(os.path.dirname(log_path) or '.',
+                        results.METRICS_FILE)
 
 
 class FakeDeployment(DeploymentMixin, libvirt_base.ServersTestBase):

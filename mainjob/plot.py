@@ -162,11 +162,17 @@ def _tick_label(value, step):
     return '%.*f' % (decimals, value)
 
 
-def bar_chart(rows, title, drivers=('plugin', 'upstream'), scale=2):
+CHANGE_TO_API = 'SECONDS FROM HYPERVISOR CHANGE TO API'
+REQUEST_TO_API = 'SECONDS FROM API REQUEST TO API SHOWING IT DONE'
+
+
+def bar_chart(rows, title, drivers=('plugin', 'upstream'), scale=2,
+              axis_title=CHANGE_TO_API):
     """A grouped horizontal bar chart.
 
     ``rows`` is a list of (label, {driver: (seconds or None, passed)}); a
-    missing value is drawn as a short hatched stub marked 'NOT SEEN', a
+    missing value gets no bar (a bar of any length would read as a time),
+    only 'NOT SEEN' in red (or 'NOT RUN' when the driver has no result); a
     failed result gets 'FAIL' after its value.
     """
     char_w = (GLYPH_W + 1) * scale
@@ -209,7 +215,6 @@ def bar_chart(rows, title, drivers=('plugin', 'upstream'), scale=2):
                     DARK_GREY, scale)
         tick += step
     canvas.rect(left, top - 4, 1, bottom - top + 8, BLACK)
-    axis_title = 'SECONDS FROM HYPERVISOR CHANGE TO API'
     canvas.text(left + (plot_w - text_width(axis_title, scale)) // 2,
                 bottom + 10 + line_h + 4, axis_title, BLACK, scale)
 
@@ -222,11 +227,8 @@ def bar_chart(rows, title, drivers=('plugin', 'upstream'), scale=2):
             colour = COLOURS.get(driver, DARK_GREY)
             value, passed = per_driver.get(driver, (None, False))
             if value is None:
-                _hatch(canvas, left + 1, by + 2, 6 * char_w, bar_h - 4,
-                       colour)
                 note = 'NOT SEEN' if driver in per_driver else 'NOT RUN'
-                canvas.text(left + 7 * char_w, by + 2 * scale, note, RED,
-                            scale)
+                canvas.text(left + char_w, by + 2 * scale, note, RED, scale)
                 continue
             end = max(left + 2, int(xpos(value)))
             canvas.rect(left + 1, by + 2, end - left - 1, bar_h - 4, colour)
@@ -236,25 +238,55 @@ def bar_chart(rows, title, drivers=('plugin', 'upstream'), scale=2):
     return canvas
 
 
-def _hatch(canvas, x, y, w, h, colour):
-    for dx in range(0, int(w), 4):
-        canvas.rect(x + dx, y, 2, h, colour)
+def stack(canvases):
+    """One canvas with ``canvases`` one below the other, left-aligned."""
+    out = Canvas(max(c.width for c in canvases),
+                 sum(c.height for c in canvases))
+    y = 0
+    for canvas in canvases:
+        stride = canvas.width * 3
+        for row in range(canvas.height):
+            start = ((y + row) * out.width) * 3
+            out.pixels[start:start + stride] = (
+                canvas.pixels[row * stride:(row + 1) * stride])
+        y += canvas.height
+    return out
 
 
-def rows_from_results(results, drivers=('plugin', 'upstream')):
-    """Chart rows from :class:`~mainjob.results.Result`."""
+def rows_from_results(results, drivers=('plugin', 'upstream'),
+                      field='latency'):
+    """Chart rows from :class:`~mainjob.results.Result`.
+
+    ``field``: ``latency`` (change to API) or ``total`` (request to API;
+    scenarios with no request, such as a guest's own power-off, are left
+    out).
+    """
     rows = {}
     for result in results:
         if result.driver not in drivers:
             continue
         label, per = rows.setdefault(result.scenario, (result.title, {}))
-        per[result.driver] = (result.latency, result.passed)
+        per[result.driver] = (getattr(result, field), result.passed)
+    if field == 'total':
+        requested = {r.scenario for r in results if r.total is not None}
+        return [row for scenario, row in rows.items()
+                if scenario in requested]
     return list(rows.values())
 
 
 def write_plot(path, results, title, drivers=('plugin', 'upstream')):
-    """Write the latency chart of ``results`` to ``path`` (PNG)."""
-    canvas = bar_chart(rows_from_results(results, drivers), title, drivers)
+    """Write the latency charts of ``results`` to ``path`` (PNG).
+
+    Above: hypervisor change to API, every scenario. Below: API request to
+    API showing it done, the scenarios that start with a request.
+    """
+    charts = [bar_chart(rows_from_results(results, drivers), title,
+                        drivers)]
+    requested = rows_from_results(results, drivers, field='total')
+    if requested:
+        charts.append(bar_chart(requested, 'REQUEST TO API', drivers,
+                                axis_title=REQUEST_TO_API))
+    canvas = stack(charts)
     with open(path, 'wb') as f:
         f.write(canvas.png())
     return canvas

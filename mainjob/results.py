@@ -22,6 +22,9 @@ PLUGIN = 'plugin'
 UPSTREAM = 'upstream'
 DRIVERS = (PLUGIN, UPSTREAM)
 
+# The plugin's Prometheus textfile, in each run's log directory.
+METRICS_FILE = 'plugin-metrics.prom'
+
 # compute_driver for each side of the comparison.
 COMPUTE_DRIVERS = {
     PLUGIN: 'nova_lifecycle.LibvirtLifecycleDriver',

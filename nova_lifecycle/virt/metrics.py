@@ -183,7 +183,7 @@ def write_textfile(driver, path):
 
 
 def run_textfile_writer(driver, conf, stopping):
-    """The ``lifecycle-metrics`` job: write every interval until stopped.
+    """The ``lifecycle-metrics`` job: write every interval, and at the stop.
 
     A failing write (a full disk, a missing directory) is logged once, as
     a WARNING, until a write succeeds again.
@@ -191,7 +191,7 @@ def run_textfile_writer(driver, conf, stopping):
     path = conf.metrics_textfile
     LOG.info('nova-lifecycle writes its metrics to %s every %ss.', path,
              conf.metrics_interval)
-    failed = False
+    failed = stopped = False
     while True:
         try:
             write_textfile(driver, path)
@@ -201,5 +201,7 @@ def run_textfile_writer(driver, conf, stopping):
                 LOG.warning('Cannot write nova-lifecycle metrics to %s: %s',
                             path, exc)
             failed = True
-        if stopping.wait(conf.metrics_interval):
+        if stopped:
             return
+        # Once more when stopped: the file keeps the figures at the stop.
+        stopped = stopping.wait(conf.metrics_interval)

@@ -227,6 +227,22 @@ class PlotTest(base.TestCase):
                                        UPSTREAM: (2.0, True)})], 'title')
         self.assertNotIn(bytes(plot.RED), bytes(clean.pixels))
 
+    def test_a_missing_value_has_no_bar(self):
+        # Only the legend's swatch is in upstream's colour: a bar of any
+        # length would read as a time on the axis.
+        legend_only = plot.bar_chart([('a', {PLUGIN: (1.0, True)})], 't')
+        missing = plot.bar_chart([('a', {PLUGIN: (1.0, True),
+                                         UPSTREAM: (None, False)})], 't')
+        colour = bytes(plot.COLOURS[UPSTREAM])
+
+        def upstream_pixels(canvas):
+            return sum(1 for y in range(canvas.height)
+                       for x in range(canvas.width)
+                       if canvas.pixel(x, y) == plot.COLOURS[UPSTREAM])
+        self.assertIn(colour, bytes(missing.pixels))
+        self.assertEqual(upstream_pixels(legend_only),
+                         upstream_pixels(missing))
+
     def test_write_plot_from_results(self):
         path = os.path.join(self.useFixture(fixtures.TempDir()).path,
                             'latency.png')
@@ -234,6 +250,25 @@ class PlotTest(base.TestCase):
         with open(path, 'rb') as f:
             width, height, _ = decode_png(f.read())
         self.assertEqual((canvas.width, canvas.height), (width, height))
+        # Change to API above, request to API below.
+        change = plot.bar_chart(plot.rows_from_results(sample_results()),
+                                'main job')
+        requests = plot.rows_from_results(sample_results(), field='total')
+        self.assertEqual(['boot', 'pause resume'],
+                         [label for label, _ in requests])
+        self.assertEqual({PLUGIN: (1.5, True), UPSTREAM: (1.2, True)},
+                         requests[0][1])
+        below = plot.bar_chart(requests, 'request to API',
+                               axis_title=plot.REQUEST_TO_API)
+        self.assertEqual(change.height + below.height, height)
+        self.assertEqual(max(change.width, below.width), width)
+        for row in range(below.height):
+            line = canvas.pixels[(change.height + row) * width * 3:
+                                 (change.height + row + 1) * width * 3]
+            self.assertEqual(
+                bytes(below.pixels[row * below.width * 3:
+                                   (row + 1) * below.width * 3]),
+                bytes(line[:below.width * 3]), row)
         rows = plot.rows_from_results(sample_results())
         self.assertEqual(['boot', 'guest poweroff', 'pause resume'],
                          [label for label, _ in rows])

@@ -87,13 +87,15 @@ class MetricsTest(test_report.HeldStoppedTestCase):
         self.assertEqual(2, got[(P + 'delivery_latency_seconds_count', ())])
 
     def test_the_writer_thread_writes_and_stops(self):
-        self.flags(metrics_textfile=self.path, metrics_interval=1,
+        self.flags(metrics_textfile=self.path, metrics_interval=3600,
                    group='lifecycle')
         written = threading.Event()
+        writes = []
         write = metrics.write_textfile
 
         def write_and_tell(driver, path):
             write(driver, path)
+            writes.append(path)
             written.set()
 
         self.useFixture(fixtures.MonkeyPatch(
@@ -103,8 +105,11 @@ class MetricsTest(test_report.HeldStoppedTestCase):
         self.assertIn('lifecycle-metrics', concurrency.plugin_threads())
         self.assertEqual(3, read(self.path)[(P + 'events_received_total',
                                              ())])
+        self.assertEqual(1, len(writes))
         self.driver.cleanup_host('compute1')
         self.assertNotIn('lifecycle-metrics', concurrency.plugin_threads())
+        # One last write at the stop, long before the next interval.
+        self.assertEqual(2, len(writes))
 
     def test_an_unwritable_file_is_one_warning(self):
         stopping = threading.Event()
@@ -122,6 +127,7 @@ class MetricsTest(test_report.HeldStoppedTestCase):
         conf = type('Conf', (), {'metrics_textfile': '/nonexistent/x.prom',
                                  'metrics_interval': 0})
         metrics.run_textfile_writer(self.driver, conf, stopping)
-        self.assertEqual(3, len(tries))
+        # The third write saw the stop coming; the last one is the stop's.
+        self.assertEqual(4, len(tries))
         self.assertEqual(1, self.stdlog.logger.output.count(
             'Cannot write nova-lifecycle metrics'))
