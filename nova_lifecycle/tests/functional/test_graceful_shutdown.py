@@ -53,6 +53,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
 
 from nova_lifecycle.eventpath import libvirt_events
+from nova_lifecycle.tests import fixtures as lc_fixtures
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import shutdown_fixtures
 from nova_lifecycle.virt import driver as lc_driver
@@ -920,6 +921,48 @@ class DrainTest(GracefulShutdownBase):
         release.set()
         self.wait_for_stopped(self.src, stop)
         # The next start's sync sees the guest off and stops the server.
+        src = self.restart_plugin_compute(self.src)
+        src.manager._sync_power_states(nova_context.get_admin_context())
+        self._wait_for_state_change(server, 'SHUTOFF')
+        self.assertEqual([server['id']], self.api_calls.made('stop'))
+        self._delete_server(server)
+
+    def test_no_resync_after_a_reconnect_while_stopping(self):
+        """libvirt's connection drops while nova-compute stops.
+
+        The reconnect still happens, but the resync that follows it is
+        skipped: Nova runs no periodic task from then on, and once its
+        executors are shut down the sync could not run. The sync at the
+        next start finds what the lost events did not say.
+        """
+        server = self._create_server(host='src', networks='none')
+        self.assertTrue(base.wait_until(
+            lambda: self.src.stats()['pending'] == 0), self.src.stats())
+        resyncs = self.useFixture(lc_fixtures.CountedCalls(
+            'nova_lifecycle.compute.hooks.ManagerHooks.resync'))
+        syncs = self.useFixture(fixtures.MockPatchObject(
+            self.src.manager, '_sync_power_states')).mock
+        waiting, release = self.hold_manager_shutdown(self.src)
+        stop = self.stop_gracefully(self.src)
+        self.assertTrue(waiting.wait(30))
+
+        host = self.src.driver._host
+        base.power_off_silently(
+            self.src.connection,
+            self.src.connection.lookupByUUIDString(server['id']))
+        host._close_callback(self.src.connection,
+                             'test: connection dropped', None)
+        self.assertTrue(resyncs.wait_for(1))
+        self.assertEqual(0, syncs.call_count)
+        lines = self.log_lines('Not resyncing power states after the '
+                               'reconnect')
+        self.assertEqual(1, len(lines), lines)
+        self.assertEqual('ACTIVE', self.api.get_server(server['id'])[
+            'status'])
+
+        release.set()
+        self.wait_for_stopped(self.src, stop)
+        self.assertEqual(0, syncs.call_count)
         src = self.restart_plugin_compute(self.src)
         src.manager._sync_power_states(nova_context.get_admin_context())
         self._wait_for_state_change(server, 'SHUTOFF')

@@ -217,6 +217,57 @@ class ConnectionLostTest(PowerStateTestCase):
         self.assertEqual(['STARTED_BOOTED'], self.events.of(server))
 
 
+class EventsOffInNovaTest(base.LifecycleTestBase):
+    """``[workarounds] handle_virt_lifecycle_events = False``.
+
+    Nova registers no listener: no event reaches it, the power-state sync
+    is Nova's own, and the plugin says so once.
+    """
+
+    UNHOOKED = 'handle_virt_lifecycle_events is False'
+
+    def setUp(self):
+        super().setUp()
+        self.flags(handle_virt_lifecycle_events=False, group='workarounds')
+        self.start_lifecycle_compute()
+
+    def test_only_novas_own_sync_sees_a_guest_power_off(self):
+        server = self._create_server(networks='none')
+        self.wait_for_no_pending()
+        self.assertFalse(self.driver.power_sync.status()['hooked'])
+        before = self.lifecycle_stats()
+
+        # Its SHUTDOWN travels as the STOPPED's detail: one event.
+        self.guest_stops(server)
+        self.wait_for_stats(
+            lambda s: s['received'] == before['received'] + 1 and
+            s['pending'] == 0, 'the guest\'s STOPPED to end')
+        stats = self.lifecycle_stats()
+        self.assertEqual(0, stats['delivered'])
+        self.assertEqual(stats['received'],
+                         stats['cancelled_by_reason']['no listener'])
+        self.assertEqual(('ACTIVE', None), self.server_status(server))
+        self.assertEqual([], self.log_lines(self.UNHOOKED))
+
+        self.manager._sync_power_states(self.admin_context())
+        self.wait_for_status(server, 'SHUTOFF')
+        self.assertEqual([server['id']],
+                         self.api_calls.made('stop',
+                                             by=self.manager.compute_api))
+        warnings = self.log_lines(self.UNHOOKED)
+        self.assertEqual(1, len(warnings), warnings)
+        self.assertIn('WARNING', warnings[0])
+        # Nova's step, not the plugin's: nothing counted there.
+        self.assertEqual({}, self.driver.power_sync.status()['instances'])
+
+        self.manager._sync_power_states(self.admin_context())
+        self.assertEqual(1, len(self.log_lines(self.UNHOOKED)))
+
+    def log_lines(self, text):
+        return [line for line in self.stdlog.logger.output.splitlines()
+                if text in line]
+
+
 class PeriodicSyncTest(PowerStateTestCase):
 
     SERVERS = 20

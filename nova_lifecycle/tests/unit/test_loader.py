@@ -260,13 +260,14 @@ class TestLoadComputeDriver(base.TestCase):
 class SelfcheckModeTest(base.TestCase):
     """The selfcheck reports the concurrency mode nova-compute would use."""
 
-    def selfcheck(self, env_value=None):
+    def selfcheck(self, env_value=None, args=()):
         env = dict(os.environ)
         env.pop('OS_NOVA_DISABLE_EVENTLET_PATCHING', None)
         if env_value is not None:
             env['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = env_value
         done = subprocess.run(
-            [sys.executable, '-m', 'nova_lifecycle.cmd.selfcheck'],
+            [sys.executable, '-m', 'nova_lifecycle.cmd.selfcheck'] +
+            list(args),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             universal_newlines=True, timeout=120)
         self.assertEqual(0, done.returncode, done.stdout)
@@ -282,3 +283,20 @@ class SelfcheckModeTest(base.TestCase):
     def test_the_environment_still_decides(self):
         self.assertIn('concurrency: eventlet', self.selfcheck('false'))
         self.assertIn('concurrency: threading', self.selfcheck('true'))
+
+    def test_the_config_files_backend_is_read(self):
+        """nova 34's ``[DEFAULT] concurrency_backend``, from --config-file.
+
+        nova 33 has no such option: its nova-compute runs eventlet unless
+        the environment says otherwise, whatever the file.
+        """
+        from importlib import metadata
+        major = int(metadata.version('nova').split('.')[0])
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            'nova.conf')
+        for backend in ('eventlet', 'threading'):
+            with open(path, 'w') as f:
+                f.write('[DEFAULT]\nconcurrency_backend = %s\n' % backend)
+            expected = backend if major >= 34 else 'eventlet'
+            self.assertIn('concurrency: %s' % expected,
+                          self.selfcheck(args=['--config-file', path]))
