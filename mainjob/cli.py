@@ -20,6 +20,8 @@ one failed (upstream's results never change it), 2 for bad arguments.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import sys
@@ -173,14 +175,17 @@ def _hold_early_log_lines():
     return early
 
 
-def _log_to_file(path, early=None):
+def _log_to_file(path, early=None, printed=''):
     """Nova's log lines outside a deployment go to a file, not the console.
 
-    Inside a deployment Nova's harness keeps them (saved per driver). The
-    lines ``early`` held since the start go to the file first.
+    Inside a deployment Nova's harness keeps them (saved per driver). What
+    was ``printed`` while Nova loaded, and the lines ``early`` held since
+    the start, go to the file first.
     """
     import logging
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(printed)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -205,18 +210,24 @@ def main(argv=None, stdout=None):
         return 0
 
     # Until the run's log file is known, keep log lines (Nova's banner
-    # about its concurrency mode, its warnings) off the console.
+    # about its concurrency mode, its warnings) off the console. Importing
+    # Nova's test harness sets up a console handler of its own: whatever
+    # it prints while loading goes to the log file too.
     early = _hold_early_log_lines()
-    from nova import monkey_patch
-    monkey_patch.patch()
-    _quiet_harness()
+    loading = io.StringIO()
+    with contextlib.redirect_stdout(loading), \
+            contextlib.redirect_stderr(loading):
+        from nova import monkey_patch
+        monkey_patch.patch()
+        _quiet_harness()
 
-    from mainjob import runner
-    from mainjob import tables
-    from nova_lifecycle import concurrency
+        from mainjob import deployment
+        from mainjob import realvirt
+        from mainjob import runner
+        from mainjob import tables
+        from nova_lifecycle import concurrency
 
     if options.real:
-        from mainjob import realvirt
         problem = realvirt.problem(options.libvirt_uri, options.guest_dir)
         if problem:
             out.write('main job: cannot use %s: %s\n'
@@ -225,7 +236,6 @@ def main(argv=None, stdout=None):
         factory = realvirt.deployment_factory(options.libvirt_uri,
                                               options.guest_dir)
     else:
-        from mainjob import deployment
         factory = deployment.FakeDeployment
 
     mode = 'threading' if concurrency.threading_mode() else 'eventlet'
@@ -238,7 +248,8 @@ def main(argv=None, stdout=None):
                                               mode, options.real)
     log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
                                                  options.real)
-    _log_to_file(os.path.join(log_dir, 'mainjob.log'), early)
+    _log_to_file(os.path.join(log_dir, 'mainjob.log'), early,
+                 loading.getvalue())
     progress = runner.Progress(out)
     progress.line('main job: %s; scenarios: %s; drivers: %s' % (
         info.describe(), ', '.join(s.name for s in options.selected),

@@ -184,6 +184,10 @@ class DeploymentMixin:
 
     def test_main_job(self):
         self._body(self.env)
+        # The scenarios are over: the services stop without waiting (nova
+        # 33's compute, conductor and scheduler each sleep
+        # manager_shutdown_timeout in their graceful shutdown).
+        self.flags(manager_shutdown_timeout=0)
 
     def _stop_compute(self):
         self.computes.pop(HOSTNAME, None)

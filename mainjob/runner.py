@@ -64,6 +64,7 @@ class DriverRun:
         self._open = []        # (Result, Measure) not final yet
         self._tracebacks = []
         self._started = None   # when the current scenario started
+        self._body_done = None  # when the scenarios ended
 
     def _say(self, scenario, text):
         self._progress.line('[%s] %-20s %s' % (self.driver, scenario, text))
@@ -77,7 +78,13 @@ class DriverRun:
         threads_before = set(concurrency.plugin_threads())
         case = self._factory(self.driver, self._body, log_path)
         outcome = testtools.TestResult()
+        self._body_done = None
         case.run(outcome)
+        if self._body_done is not None:
+            # Each service's stop runs the manager's graceful shutdown
+            # (nova 33 sleeps manager_shutdown_timeout in each).
+            self._progress.line('[%s] Nova stopped in %.1f s' % (
+                self.driver, time.monotonic() - self._body_done))
         problems = list(case._teardown_problems)
         left = sorted(set(concurrency.plugin_threads()) - threads_before)
         if left:
@@ -125,6 +132,9 @@ class DriverRun:
                 self._finalise(env)
                 self._delete_servers(env)
         self._finalise(env)
+        self._progress.line('[%s] stopping Nova (every service)'
+                            % self.driver)
+        self._body_done = time.monotonic()
 
     def _delete_servers(self, env):
         result = self.results[-1]
