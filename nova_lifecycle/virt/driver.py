@@ -292,8 +292,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         """
         with self._cleanup_lock:
             if self._cleaned_up:
-                # nova 34 stops 'compute' and 'compute-alt', each calling
-                # this: the first call did the work and logged the counts.
+                # A service stopped twice (Nova's test fixtures do) calls
+                # this again: the first call did the work and logged.
                 LOG.debug('nova-lifecycle is already stopped.')
                 return
             self._cleanup_host(host)

@@ -337,6 +337,6 @@ class ConnectionAndShutdownTest(DriverTestCase):
             thread.join(WAIT)
         self.assertEqual([], errors)
         self.assertEqual([], concurrency.plugin_threads())
-        # One line for the service's stop, not one per RPC server.
+        # One line, however many calls.
         self.assertEqual(1, self.stdlog.logger.output.count(
             'nova-lifecycle stopped:'))
