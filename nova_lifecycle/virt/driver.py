@@ -305,11 +305,12 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         self._reconnector.stop()
         self._resyncer.stop()
         self._stats_logger.stop()
-        self._metrics_writer.stop()
         self._liveness_runner.stop()
         super().cleanup_host(host)
         self.event_handler.stop()
         self.event_path.stop()
+        # Last: its final write shows where every event ended.
+        self._metrics_writer.stop()
         self._log_drained()
 
     def _log_drained(self):

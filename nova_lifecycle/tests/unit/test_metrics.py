@@ -108,8 +108,13 @@ class MetricsTest(test_report.HeldStoppedTestCase):
         self.assertEqual(1, len(writes))
         self.driver.cleanup_host('compute1')
         self.assertNotIn('lifecycle-metrics', concurrency.plugin_threads())
-        # One last write at the stop, long before the next interval.
+        # One last write at the stop, long before the next interval, once
+        # the held STOPPED was dropped by the shutdown.
         self.assertEqual(2, len(writes))
+        got = read(self.path)
+        self.assertEqual(0, got[(P + 'events_pending', ())])
+        self.assertEqual(1, got[(P + 'events_ended_total', (
+            ('outcome', 'cancelled'), ('reason', 'shutdown')))])
 
     def test_an_unwritable_file_is_one_warning(self):
         stopping = threading.Event()
