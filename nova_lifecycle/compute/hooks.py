@@ -110,10 +110,10 @@ class ManagerHooks:
 
         ``instances``: per-instance steps since start, by what became of
         the instance (settled by the bulk query, checked or corrected by
-        Nova's decision table, skipped, gone, failed); ``hooked``: whether a compute
-        manager listens; ``last sync``: the instances of the latest sync
-        and the seconds from its bulk query to the end of its last
-        instance (Nova syncs instances in its pool, so the periodic task
+        Nova's decision table, skipped, gone, failed); ``hooked``: whether
+        a compute manager listens; ``last sync``: the instances of the
+        latest sync and the seconds from its bulk query to the end of its
+        last instance (Nova syncs instances in its pool, so the periodic task
         returns before they are done); ``last bulk query``: its domains
         and seconds it took, and its age, while it is recent.
         """
