@@ -133,9 +133,14 @@ def _sync_one(manager, snapshot, context, db_instance):
     return DECIDED_BY_NOVA if _row_state(db_instance) == before else CORRECTED
 
 
+_ROW_STATE_FIELDS = ('power_state', 'vm_state', 'task_state')
+
+
 def _row_state(db_instance):
-    return (db_instance.power_state, db_instance.vm_state,
-            db_instance.task_state)
+    """The row's states, without lazy-loading a field the row lacks."""
+    return tuple(getattr(db_instance, field)
+                 if db_instance.obj_attr_is_set(field) else None
+                 for field in _ROW_STATE_FIELDS)
 
 
 @contextlib.contextmanager

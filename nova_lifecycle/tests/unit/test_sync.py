@@ -196,6 +196,22 @@ class DecisionTableTest(test.NoDBTestCase):
                                                         instance)
         self.get_info.assert_called_once_with(instance)
 
+    def test_a_row_without_its_states_loaded_is_synced(self):
+        # Nova's own manager tests hand the step a bare Instance (uuid and
+        # task_state only) with Nova's step mocked: telling whether the
+        # row changed must not lazy-load the fields it lacks.
+        instance = objects.Instance(uuid=UUID, task_state=None)
+        self.get_info.side_effect = exception.InstanceNotFound(
+            instance_id=UUID)
+        with mock.patch.object(self.compute,
+                               '_sync_instance_power_state') as step:
+            self.compute._query_driver_power_state_and_sync(self.context,
+                                                            instance)
+        step.assert_called_once_with(self.context, instance, NOSTATE,
+                                     use_slave=True)
+        self.assertEqual({sync.DECIDED_BY_NOVA: 1},
+                         self.hooks.status()['instances'])
+
     def test_deleted_during_sync_is_ignored(self):
         instance = self.instance(vm_states.ACTIVE, RUNNING)
         self.refresh.side_effect = exception.InstanceNotFound(
