@@ -37,9 +37,9 @@ import tracemalloc
 
 os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', 'true')
 
-from nova import monkey_patch  # noqa: E402
+from nova_lifecycle import concurrency  # noqa: E402
 
-monkey_patch.patch()
+concurrency.patch_nova()
 
 import futurist  # noqa: E402
 

@@ -37,9 +37,9 @@ import time
 
 os.environ['OS_NOVA_DISABLE_EVENTLET_PATCHING'] = 'true'
 
-from nova import monkey_patch  # noqa: E402
+from nova_lifecycle import concurrency  # noqa: E402
 
-monkey_patch.patch()
+concurrency.patch_nova()
 
 from nova.virt.libvirt import host as nova_host  # noqa: E402
 from oslo_config import cfg  # noqa: E402

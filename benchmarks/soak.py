@@ -69,13 +69,12 @@ import weakref
 
 os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', 'true')
 
-from nova import monkey_patch  # noqa: E402
+from nova_lifecycle import concurrency  # noqa: E402
 
-monkey_patch.patch()
+concurrency.patch_nova()
 
 from oslo_config import cfg  # noqa: E402
 
-from nova_lifecycle import concurrency  # noqa: E402
 from nova_lifecycle import conf  # noqa: E402,F401 ([lifecycle] options)
 from nova_lifecycle.eventpath import holds  # noqa: E402
 from nova_lifecycle.eventpath import libvirt_events as events  # noqa: E402

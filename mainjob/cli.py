@@ -217,15 +217,14 @@ def main(argv=None, stdout=None):
     loading = io.StringIO()
     with contextlib.redirect_stdout(loading), \
             contextlib.redirect_stderr(loading):
-        from nova import monkey_patch
-        monkey_patch.patch()
+        from nova_lifecycle import concurrency
+        concurrency.patch_nova()
         _quiet_harness()
 
         from mainjob import deployment
         from mainjob import realvirt
         from mainjob import runner
         from mainjob import tables
-        from nova_lifecycle import concurrency
 
     if options.real:
         problem = realvirt.problem(options.libvirt_uri, options.guest_dir)

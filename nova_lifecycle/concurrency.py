@@ -16,12 +16,15 @@ Nova runs either with native threads or with eventlet monkey patching
 (``nova.monkey_patch``). The plugin's generic pieces use the ``threading``
 module, which is green under eventlet; only the libvirt event loop must be
 a real OS thread in both modes, because libvirt's C event loop blocks.
+
+Nova 31 (2025.1) and 32 (2025.2) run nova-compute under eventlet only;
+:func:`patch_nova` and :func:`threading_mode` cover their older
+``nova.monkey_patch`` and ``nova.utils``. This module imports neither Nova
+nor eventlet at load, so a test package or a script can import it before
+it chooses Nova's mode.
 """
 
-import concurrent.futures
 import threading
-
-import futurist
 
 
 # Every thread the plugin starts is named with this prefix.
@@ -43,10 +46,37 @@ def plugin_threads():
     return sorted(found.values())
 
 
+def nova_version():
+    """The installed Nova's version, for log lines about what it lacks."""
+    from importlib import metadata
+    return metadata.version('nova')
+
+
+def patch_nova():
+    """Choose Nova's concurrency mode as its services do, on any release.
+
+    ``OS_NOVA_DISABLE_EVENTLET_PATCHING`` decides. Nova 32 on read it in
+    ``monkey_patch.patch()``; nova 31 has no ``patch()`` and patches when
+    ``nova.monkey_patch`` is first imported.
+    """
+    from nova import monkey_patch
+    patch = getattr(monkey_patch, 'patch', None)
+    if patch is not None:
+        patch()
+
+
 def threading_mode():
-    """True when Nova runs with native threads, False under eventlet."""
+    """True when Nova runs with native threads, False under eventlet.
+
+    Nova 31 has no ``utils.concurrency_mode_threading``: there, as in
+    Nova's own function, native threads mean eventlet did not patch.
+    """
     from nova import utils
-    return utils.concurrency_mode_threading()
+    mode = getattr(utils, 'concurrency_mode_threading', None)
+    if mode is not None:
+        return mode()
+    from eventlet import patcher
+    return not patcher.is_monkey_patched('thread')
 
 
 def native_threading():
@@ -74,6 +104,8 @@ def make_executor(max_workers, name):
     them; eventlet's green threads carry no OS-level name.
     """
     if threading_mode():
+        import concurrent.futures
         return concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix=name)
+    import futurist
     return futurist.GreenThreadPoolExecutor(max_workers=max_workers)

@@ -18,9 +18,9 @@ Nova's test packages choose the concurrency mode first
 imports Nova.
 """
 
-from nova import monkey_patch
+from nova_lifecycle import concurrency
 
-monkey_patch.patch()
+concurrency.patch_nova()
 
 import importlib  # noqa: E402
 import pkgutil  # noqa: E402

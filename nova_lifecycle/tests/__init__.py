@@ -12,11 +12,11 @@
 
 """Test package: choose Nova's concurrency mode before anything else loads.
 
-Nova's own test packages call ``monkey_patch.patch()`` first, so the
-environment decides the mode: ``OS_NOVA_DISABLE_EVENTLET_PATCHING=true``
-runs the tests with native threads, anything else with eventlet.
+Nova's own test packages choose it first, so the environment decides the
+mode: ``OS_NOVA_DISABLE_EVENTLET_PATCHING=true`` runs the tests with native
+threads, anything else with eventlet (see ``concurrency.patch_nova``).
 """
 
-from nova import monkey_patch
+from nova_lifecycle import concurrency
 
-monkey_patch.patch()
+concurrency.patch_nova()

@@ -29,10 +29,10 @@ import time
 
 import fixtures
 import futurist
-from nova import utils
 import testtools
 
 from nova_lifecycle.common import dispatch
+from nova_lifecycle import concurrency
 
 # Upper bound for waits that are expected to succeed at once; a failure
 # then shows up as a test failure rather than a hang.
@@ -41,9 +41,21 @@ WAIT = 10
 
 def make_executor(workers, **kwargs):
     """Return a futurist executor with ``workers`` workers for this mode."""
-    if utils.concurrency_mode_threading():
+    if concurrency.threading_mode():
         return futurist.ThreadPoolExecutor(workers, **kwargs)
     return futurist.GreenThreadPoolExecutor(workers, **kwargs)
+
+
+def current_thread():
+    """The running thread, or green thread under eventlet.
+
+    eventlet 0.39 (2025.1) gives futurist's green workers the main
+    thread's ``threading.current_thread()``; their greenlets differ.
+    """
+    if concurrency.threading_mode():
+        return threading.current_thread()
+    import greenlet
+    return greenlet.getcurrent()
 
 
 class ManualExecutor(object):
@@ -647,7 +659,7 @@ class TestConcurrencyMode(DispatcherTestCase):
     def test_mode_matches_environment(self):
         env = os.environ.get('OS_NOVA_DISABLE_EVENTLET_PATCHING', '')
         threading_mode = env.lower() in ('1', 'true', 'yes')
-        self.assertEqual(threading_mode, utils.concurrency_mode_threading())
+        self.assertEqual(threading_mode, concurrency.threading_mode())
         executor = make_executor(1)
         self.addCleanup(executor.shutdown, wait=True)
         self.assertEqual(threading_mode,
@@ -660,8 +672,8 @@ class TestConcurrencyMode(DispatcherTestCase):
         # block the whole process instead of one green thread.
         self.assertIsInstance(dispatcher._lock, type(threading.Lock()))
         self.assertIsInstance(dispatcher._idle, threading.Condition)
-        future = dispatcher.submit('a', threading.current_thread)
-        self.assertIsNot(threading.current_thread(), future.result(WAIT))
+        future = dispatcher.submit('a', current_thread)
+        self.assertIsNot(current_thread(), future.result(WAIT))
 
     def test_dispatch_imports_only_stdlib(self):
         with open(dispatch.__file__) as source:
