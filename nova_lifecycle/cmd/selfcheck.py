@@ -36,20 +36,23 @@ def main(argv=None):
     from nova.virt.libvirt import driver as libvirt_driver
     from nova.virt import virtapi
 
+    from nova_lifecycle import concurrency
     from nova_lifecycle import conf
+    from nova_lifecycle.virt import host as lifecycle_host
 
     config.parse_args([sys.argv[0]] + list(argv or []), configure_db=False)
     name = 'nova_lifecycle.LibvirtLifecycleDriver'
     loaded = driver.load_compute_driver(virtapi.VirtAPI(), name)
     cls = type(loaded)
     ok = isinstance(loaded, libvirt_driver.LibvirtDriver)
-    from nova import utils
     print('compute_driver = %s' % name)
     print('loaded: %s.%s' % (cls.__module__, cls.__qualname__))
     print('subclass of nova.virt.libvirt.driver.LibvirtDriver: %s' % ok)
-    print('nova: %s, concurrency: %s' % (
-        _nova_version(),
-        'threading' if utils.concurrency_mode_threading() else 'eventlet'))
+    mode = 'threading' if concurrency.threading_mode() else 'eventlet'
+    if mode == 'threading' and not lifecycle_host.HOST_HAS_EVENT_HANDLER:
+        mode += (' (not available on this release: its nova-compute runs '
+                 'eventlet only)')
+    print('nova: %s, concurrency: %s' % (_nova_version(), mode))
     print('[%s]' % conf.GROUP_NAME)
     for opt in conf.lifecycle_opts:
         print('  %s = %s' % (opt.dest,

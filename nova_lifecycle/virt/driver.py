@@ -76,6 +76,7 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only)
+        lifecycle_host.check_concurrency_mode()
         self.event_path = path.EventPath(
             CONF.lifecycle, self._deliver_event, self._live_domain_state,
             green=not concurrency.threading_mode())

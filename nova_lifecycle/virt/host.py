@@ -31,11 +31,16 @@ object, each a seam upstream's own Host uses:
 Upstream's ``Host._init_events`` still starts it all (and Nova's tests,
 which mock that method to keep event threads out of unit tests, keep the
 plugin's out too). Connections, capabilities and the rest stay upstream's.
+
+Nova 31 and 32's Host has no ``_event_handler``: it runs libvirt's events
+itself, under eventlet only. :func:`adopt` then fills the same roles
+through that Host's own seams (see :func:`_adopt_legacy`).
 """
 
 import functools
 
 from nova.virt import event as virtevent
+from nova.virt.libvirt import host as nova_host
 from oslo_log import log as logging
 
 from nova_lifecycle.common import inbox
@@ -49,6 +54,11 @@ NOTICES_THREAD_NAME = 'lifecycle-libvirt-notices'
 # A failing libvirt loop is reported at its first failure in a row, then
 # once every this many.
 REPORT_LOOP_FAILURES_EVERY = 100
+
+# Nova 33 moved libvirt's event threads from the Host into a
+# LibvirtEventHandler per concurrency mode, and with it nova-compute could
+# run native threads; nova 31 and 32 have neither.
+HOST_HAS_EVENT_HANDLER = hasattr(nova_host, 'LibvirtEventHandler')
 
 
 def _retire(handler):
@@ -97,10 +107,16 @@ class LifecycleEventHandler:
         self._conn_stopping = False
         self._connections_lost = 0
 
-    def start(self):
+    def start(self, register=True):
+        """Start the notices and libvirt's loop thread.
+
+        ``register``: register libvirt's default loop first; nova 31 and
+        32's ``Host.initialize`` has already done it.
+        """
         self._conn_stopping = False
         self._notices.start()
-        self._loop.register()
+        if register:
+            self._loop.register()
         self._loop.start()
 
     def _queue_event(self, item):
@@ -180,9 +196,65 @@ def adopt(host, event_path):
 
     :returns: the :class:`LifecycleEventHandler` now in ``host``.
     """
-    _retire(host._event_handler)
+    _retire(getattr(host, '_event_handler', None))
     handler = LifecycleEventHandler(host, event_path)
     host._event_handler = handler
     host._event_lifecycle_callback = lifecycle_callback
     host._conn_event_thread = handler.run_conn_events
+    if not HOST_HAS_EVENT_HANDLER:
+        _adopt_legacy(host, handler)
     return handler
+
+
+def _adopt_legacy(host, handler):
+    """The handler's roles in nova 31 and 32's Host.
+
+    That Host's ``initialize`` registers libvirt's default loop and calls
+    ``_init_events``, which makes a pipe (``_init_events_pipe``), starts
+    ``_native_thread`` on an OS thread and spawns ``_dispatch_thread``
+    and ``_conn_event_thread``; libvirt's close and device callbacks call
+    ``_queue_event``. Here the pipe's step starts the handler instead,
+    upstream's two event threads have nothing to run, ``_queue_event`` is
+    the handler's, and the handler's ``_connection_closed`` is given the
+    release's own rule (:func:`_legacy_connection_closed`).
+    """
+    host._init_events_pipe = functools.partial(handler.start,
+                                               register=False)
+    host._native_thread = _nothing_to_run
+    host._dispatch_thread = _nothing_to_run
+    host._queue_event = handler._queue_event
+    host._connection_closed = functools.partial(_legacy_connection_closed,
+                                                host)
+
+
+def _nothing_to_run():
+    """Upstream's event thread on nova 31/32: the handler does its work."""
+
+
+def _legacy_connection_closed(host, conn, *args, **kwargs):
+    """Nova 31/32: a closed connection still in use is dropped, and said.
+
+    As those releases' ``Host._dispatch_events`` does: only a close of the
+    Host's current connection queues a connection event (a reconnect may
+    already have replaced it).
+    """
+    with host._wrapped_conn_lock:
+        if conn != host._wrapped_conn:
+            return
+        host._wrapped_conn = None
+        host._queue_conn_event_handler(*args, **kwargs)
+
+
+def check_concurrency_mode():
+    """One warning when nova-compute runs native threads before nova 33.
+
+    :returns: False when the release cannot run the mode in use.
+    """
+    if HOST_HAS_EVENT_HANDLER or not concurrency.threading_mode():
+        return True
+    LOG.warning('Nova %s runs nova-compute under eventlet only: native '
+                'threading (OS_NOVA_DISABLE_EVENTLET_PATCHING=true) is not '
+                'available on this release, for Nova\'s libvirt driver as '
+                'for nova-lifecycle; unset it.',
+                concurrency.nova_version())
+    return False

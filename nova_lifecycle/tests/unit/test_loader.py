@@ -16,7 +16,7 @@ nova's load_compute_driver() imports ``nova.virt.nova_lifecycle``; that name
 exists only through the alias finder which the installed
 ``nova_lifecycle_virt_alias.pth`` registers at interpreter start-up. So the
 real check runs in a fresh interpreter, exactly as a nova service starts:
-monkey_patch.patch() first, then load_compute_driver().
+concurrency.patch_nova() first, then load_compute_driver().
 """
 
 import json
@@ -29,6 +29,7 @@ import fixtures
 
 from nova_lifecycle import _virt_alias
 from nova_lifecycle.tests import base
+from nova_lifecycle.virt import host as lifecycle_host
 
 PTH_NAME = 'nova_lifecycle_virt_alias.pth'
 
@@ -53,8 +54,8 @@ at_startup = {
         if name in sys.modules),
 }
 
-from nova import monkey_patch
-monkey_patch.patch()
+from nova_lifecycle import concurrency
+concurrency.patch_nova()
 
 import importlib
 
@@ -103,7 +104,7 @@ result = {
     'real_spec_name': nova_lifecycle.__spec__.name,
     'driver_spec_name': nova_lifecycle.virt.driver.__spec__.name,
     'missing': missing,
-    'eventlet_patched': monkey_patch.is_patched(),
+    'eventlet_patched': not concurrency.threading_mode(),
     # nova 33 imports eventlet even in native threading mode (to poison
     # monkey_patch()), nova 34 refuses the import; so check the patching.
     'thread_patched': ('eventlet' in sys.modules and
@@ -221,7 +222,9 @@ class TestLoadComputeDriver(base.TestCase):
             (0, 1), (proc.returncode, len(results)),
             'child failed\nstdout:\n%s\nstderr:\n%s'
             % (proc.stdout, proc.stderr))
-        return json.loads(results[0])
+        loaded = json.loads(results[0])
+        loaded['stderr'] = proc.stderr
+        return loaded
 
     def _assert_loaded(self, result):
         self.assertEqual(
@@ -250,11 +253,23 @@ class TestLoadComputeDriver(base.TestCase):
         self.assertTrue(result['eventlet_patched'])
         self.assertTrue(result['thread_patched'])
 
-    def test_load_native_threading(self):
-        result = self._load(disable_eventlet=True)
-        self._assert_loaded(result)
-        self.assertFalse(result['eventlet_patched'])
-        self.assertFalse(result['thread_patched'])
+    if lifecycle_host.HOST_HAS_EVENT_HANDLER:
+        def test_load_native_threading(self):
+            result = self._load(disable_eventlet=True)
+            self._assert_loaded(result)
+            self.assertFalse(result['eventlet_patched'])
+            self.assertFalse(result['thread_patched'])
+            self.assertNotIn('eventlet only', result['stderr'])
+    else:
+        def test_native_threading_is_not_available(self):
+            """Nova 31/32: the driver loads, and one line says it cannot."""
+            result = self._load(disable_eventlet=True)
+            self._assert_loaded(result)
+            self.assertFalse(result['eventlet_patched'])
+            self.assertEqual(1, result['stderr'].count(
+                'runs nova-compute under eventlet only: native threading '
+                '(OS_NOVA_DISABLE_EVENTLET_PATCHING=true) is not available '
+                'on this release'), result['stderr'])
 
 
 class SelfcheckModeTest(base.TestCase):
@@ -282,7 +297,10 @@ class SelfcheckModeTest(base.TestCase):
 
     def test_the_environment_still_decides(self):
         self.assertIn('concurrency: eventlet', self.selfcheck('false'))
-        self.assertIn('concurrency: threading', self.selfcheck('true'))
+        threads = self.selfcheck('true')
+        self.assertIn('concurrency: threading', threads)
+        self.assertEqual(not lifecycle_host.HOST_HAS_EVENT_HANDLER,
+                         'not available on this release' in threads)
 
     def test_the_config_files_backend_is_read(self):
         """nova 34's ``[DEFAULT] concurrency_backend``, from --config-file.
