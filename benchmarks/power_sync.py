@@ -102,6 +102,7 @@ class SyncBenchmark(test.TestCase):
         upstream_driver._host.get_connection = lambda: self.conn
         self.upstream = compute_manager.ComputeManager()
         self.upstream.driver = upstream_driver
+        self.spawns.also_for(self.plugin, self.upstream)
         self.count = 0
 
     def add_instances(self, count):

@@ -24,6 +24,11 @@ periodic ``_sync_power_states``, so the periodic task itself, its interval
 and its locking stay Nova's, and wraps ``graceful_shutdown`` to learn when
 the service starts to stop. ``detach`` (when the manager unregisters, at
 ``cleanup_host``) restores both.
+
+Nova 31 and 32 have no ``graceful_shutdown`` (nor the 'compute-alt' RPC
+server that serves operations in progress while the service stops): their
+service stops its RPC server, then calls ``cleanup_host``. There the
+plugin learns of the stop only from ``cleanup_host``, and says so once.
 """
 
 import collections
@@ -37,6 +42,7 @@ from nova.compute import manager as compute_manager
 from nova import context as nova_context
 
 from nova_lifecycle.compute import sync
+from nova_lifecycle import concurrency
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +59,15 @@ def shutdown_began(manager):
     """
     flag = getattr(manager, '_shutdown_in_progress', None)
     return bool(flag is not None and flag.is_set())
+
+
+def has_graceful_shutdown(manager):
+    """True when the manager's service calls ``graceful_shutdown`` (nova 33+).
+
+    Looked up on the class, where Nova defines it; the plugin's hook is an
+    attribute of the instance.
+    """
+    return callable(getattr(type(manager), _GRACEFUL, None))
 
 
 class ManagerHooks:
@@ -75,8 +90,16 @@ class ManagerHooks:
             self.detach()
             setattr(manager, _HOOKED, functools.partial(
                 self._sync_step, manager))
-            setattr(manager, _GRACEFUL, functools.partial(
-                self._graceful_shutdown, manager))
+            if has_graceful_shutdown(manager):
+                setattr(manager, _GRACEFUL, functools.partial(
+                    self._graceful_shutdown, manager))
+            else:
+                LOG.info('Nova %s has no graceful shutdown of nova-compute '
+                         '(ComputeManager.graceful_shutdown, the '
+                         'compute-alt RPC server): nova-lifecycle learns '
+                         'that the service stops only at cleanup_host, '
+                         'after its RPC server stopped.',
+                         concurrency.nova_version())
             self.manager = manager
             LOG.info('nova-lifecycle hooked the power-state sync of compute '
                      'manager for host %s.', manager.host)

@@ -511,7 +511,7 @@ class BulkSyncFaultTest(ManagerFaultTestCase):
         super().setUp()
         # After the driver's events started: the Host spawns its
         # connection-event loop then.
-        self.spawns = self.useFixture(test_sync.DeferredSpawn())
+        self.spawns = self.useFixture(test_sync.DeferredSpawn(self.compute))
         self.bulk_faults = []
         self.bulk_calls = 0
 

@@ -17,6 +17,7 @@ feeds it from one bulk query. The table test below runs every cell through
 the hooked manager so a reader sees the whole table in one place.
 """
 
+from importlib import metadata
 import inspect
 import os
 import time
@@ -43,6 +44,11 @@ from nova_lifecycle.virt import metrics
 from nova_lifecycle.virt import snapshot
 
 UUID = '11111111-2222-3333-4444-555555555555'
+NOVA_MAJOR = int(metadata.version('nova').split('.')[0])
+# Nova 33 on: the service calls the manager's graceful_shutdown when it
+# stops; nova 31 and 32 have no such method.
+NOVA_GRACEFUL_SHUTDOWN = hasattr(compute_manager.ComputeManager,
+                                 'graceful_shutdown')
 
 NOSTATE = power_state.NOSTATE
 RUNNING = power_state.RUNNING
@@ -283,11 +289,36 @@ class DecisionTableTest(test.NoDBTestCase):
                           sync.CORRECTED: 1, sync.SKIPPED: 1},
                          status['instances'])
 
-    def test_detach_restores_nova_graceful_shutdown(self):
-        self.hooks.detach()
-        self.assertNotIn('graceful_shutdown', self.compute.__dict__)
+    if NOVA_GRACEFUL_SHUTDOWN:
+        def test_detach_restores_nova_graceful_shutdown(self):
+            self.hooks.detach()
+            self.assertNotIn('graceful_shutdown', self.compute.__dict__)
 
-    def test_no_resync_once_graceful_shutdown_began(self):
+        def test_no_resync_once_graceful_shutdown_began(self):
+            self._no_resync_once_graceful_shutdown_began()
+    else:
+        def test_no_graceful_shutdown_is_said_once(self):
+            """Nova 31/32: nothing to hook, and a line that says so."""
+            self.hooks.detach()
+            log = self.useFixture(fixtures.FakeLogger(
+                name='nova_lifecycle.compute.hooks'))
+            self.assertTrue(self.hooks.attach(self.compute.handle_events))
+            self.assertNotIn('graceful_shutdown', self.compute.__dict__)
+            self.assertEqual(1, log.output.count('has no graceful shutdown'),
+                             log.output)
+            self.assertIn('learns that the service stops only at '
+                          'cleanup_host', log.output)
+            self.assertFalse(self.hooks.shutdown_in_progress())
+
+        def test_drift_nova_has_no_graceful_shutdown(self):
+            """What the hooks assume of nova 31/32's compute service."""
+            from nova import service
+            self.assertLess(NOVA_MAJOR, 33)
+            self.assertFalse(hasattr(compute_manager.ComputeManager,
+                                     'graceful_shutdown'))
+            self.assertNotIn('compute-alt', inspect.getsource(service))
+
+    def _no_resync_once_graceful_shutdown_began(self):
         sync_power_states = self.useFixture(fixtures.MockPatchObject(
             self.compute, '_sync_power_states')).mock
         self.assertTrue(self.hooks.resync())
@@ -370,6 +401,11 @@ class CallCounter(fixtures.Fixture):
         self.counts.clear()
 
 
+# Nova 31's ComputeManager runs its per-instance syncs on this GreenPool;
+# nova 32 on made it an executor that utils.spawn_on takes.
+SYNC_POOL_NOVA_31 = '_sync_power_pool'
+
+
 class DeferredSpawn(fixtures.Fixture):
     """Collects what ``_sync_power_states`` spawns, to run it afterwards.
 
@@ -378,7 +414,12 @@ class DeferredSpawn(fixtures.Fixture):
     """
 
     TARGETS = ('nova.thread_pool_factory.spawn_on',  # nova 34
-               'nova.utils.spawn_on')                # nova 33
+               'nova.utils.spawn_on')                # nova 32, 33
+
+    def __init__(self, *managers):
+        """``managers``: those whose syncs nova 31 spawns on their pool."""
+        super().__init__()
+        self._managers = managers
 
     def _setUp(self):
         self.spawned = []
@@ -391,8 +432,20 @@ class DeferredSpawn(fixtures.Fixture):
                 found = False
             if found:
                 self.useFixture(fixtures.MonkeyPatch(target, self.spawn_on))
+        self.also_for(*self._managers)
+
+    def also_for(self, *managers):
+        """Nova 31 spawns each sync on the manager's own GreenPool."""
+        for manager in managers:
+            pool = getattr(manager, SYNC_POOL_NOVA_31, None)
+            if pool is not None:
+                self.useFixture(fixtures.MockPatchObject(
+                    pool, 'spawn_n', side_effect=self.spawn))
 
     def spawn_on(self, executor, func, *args, **kwargs):
+        self.spawn(func, *args, **kwargs)
+
+    def spawn(self, func, *args, **kwargs):
         self.spawned.append((func, args, kwargs))
 
     def run_all(self):
@@ -417,7 +470,7 @@ class BulkSyncCallCountTest(test_driver.DriverTestCase):
         self.driver.register_event_listener(self.compute.handle_events)
         self.conn = self.start_events()
         # After start_events: the Host spawns its connection-event loop.
-        self.spawns = self.useFixture(DeferredSpawn())
+        self.spawns = self.useFixture(DeferredSpawn(self.compute))
         self.useFixture(fixtures.MockPatchObject(objects.Instance,
                                                  'refresh'))
         self.useFixture(fixtures.MockPatchObject(
