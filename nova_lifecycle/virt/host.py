@@ -218,13 +218,17 @@ def _adopt_legacy(host, handler):
     the handler's, and the handler's ``_connection_closed`` is given the
     release's own rule (:func:`_legacy_connection_closed`).
     """
-    host._init_events_pipe = functools.partial(handler.start,
-                                               register=False)
+    host._init_events_pipe = functools.partial(_start_registered, handler)
     host._native_thread = _nothing_to_run
     host._dispatch_thread = _nothing_to_run
     host._queue_event = handler._queue_event
     host._connection_closed = functools.partial(_legacy_connection_closed,
                                                 host)
+
+
+def _start_registered(handler):
+    """Start the handler; libvirt's loop is registered already."""
+    handler.start(register=False)
 
 
 def _nothing_to_run():

@@ -259,9 +259,9 @@ class EventsOnLibvirtLoop(fixtures.Fixture):
         _patch(self, 'virEventRunDefaultImpl', self._run_once)
         start = lc_host.LifecycleEventHandler.start
 
-        def start_and_note_loop(handler):
+        def start_and_note_loop(handler, *args, **kwargs):
             before = set(native.enumerate())
-            start(handler)
+            start(handler, *args, **kwargs)
             started = [thread for thread in native.enumerate()
                        if thread not in before and
                        thread.name == libvirt_loop.THREAD_NAME]
