@@ -40,6 +40,7 @@ process writes ``DIR/ready.json`` (the held servers' UUIDs and the ledger
 at that moment); its log, at INFO, goes to ``DIR/compute.log``.
 """
 
+import inspect
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from nova_lifecycle.tests.functional import base  # noqa: I100,I202
 
 import nova.conf  # noqa: I100
 from nova import service as nova_service
-from oslo_service import opts as service_opts
+from oslo_service import service as oslo_service
 
 from nova_lifecycle.eventpath import libvirt_events
 from nova_lifecycle.tests.functional import shutdown_fixtures
@@ -173,6 +174,34 @@ def _announce_when_ready(path, driver, held, burst):
     os.rename(path + '.tmp', path)
 
 
+def _register_service_opts(conf):
+    """oslo.service's launcher options, before its launcher registers them.
+
+    oslo.service 4.5 (2026.1) on has ``opts.register_service_opts``;
+    earlier releases list them only for the config generator.
+    """
+    try:
+        from oslo_service import opts
+    except ImportError:
+        for group, options in oslo_service.list_opts():
+            conf.register_opts(options, group)
+        return
+    opts.register_service_opts(conf)
+
+
+def _serve_in_this_process(compute):
+    """``nova.service.serve`` with one worker, in this process.
+
+    Nova 33 on passes ``no_fork`` to oslo.service (whose threading
+    launcher forks even one worker without it); nova 31 and 32 have no
+    such argument, and their launcher runs one worker in-process.
+    """
+    if 'no_fork' in inspect.signature(nova_service.serve).parameters:
+        nova_service.serve(compute, workers=1, no_fork=True)
+    else:
+        nova_service.serve(compute, workers=1)
+
+
 def main(workdir):
     deployment = _Deployment()
     deployment.setUp()
@@ -180,9 +209,11 @@ def main(workdir):
     # test timeout's alarm.
     signal.alarm(0)
     _log_to(os.path.join(workdir, 'compute.log'))
-    service_opts.register_service_opts(nova.conf.CONF)
-    deployment.flags(graceful_shutdown_timeout=GRACEFUL_SHUTDOWN_TIMEOUT,
-                     manager_shutdown_timeout=MANAGER_SHUTDOWN_TIMEOUT)
+    _register_service_opts(nova.conf.CONF)
+    deployment.flags(graceful_shutdown_timeout=GRACEFUL_SHUTDOWN_TIMEOUT)
+    if 'manager_shutdown_timeout' in nova.conf.CONF:
+        # Nova 33 on; nova 31 and 32 have no graceful shutdown.
+        deployment.flags(manager_shutdown_timeout=MANAGER_SHUTDOWN_TIMEOUT)
     loop = deployment.useFixture(shutdown_fixtures.EventsOnLibvirtLoop())
     compute = deployment.start_lifecycle_compute(HOST)
     driver = deployment.driver
@@ -200,7 +231,7 @@ def main(workdir):
     # nova-compute's own ending: the launcher runs the service until a
     # signal stops it. The deployment already started it.
     compute.start = lambda: None
-    nova_service.serve(compute, workers=1, no_fork=True)
+    _serve_in_this_process(compute)
     nova_service.wait()
 
 

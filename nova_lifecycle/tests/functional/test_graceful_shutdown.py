@@ -47,6 +47,7 @@ drain of held STOPPED events at ``cleanup_host``.
 import threading
 
 import fixtures
+from nova.compute import manager as compute_manager
 from nova import context as nova_context
 from nova import manager as nova_manager
 from nova.virt.libvirt import utils as libvirt_utils
@@ -59,6 +60,12 @@ from nova_lifecycle.tests.functional import shutdown_fixtures
 from nova_lifecycle.virt import driver as lc_driver
 from nova_lifecycle.virt import shutdown
 
+# Nova 33 on: Service.stop runs the manager's graceful_shutdown while
+# 'compute-alt' serves the operations in progress. Nova 31 and 32 stop
+# their one RPC server, then call cleanup_host: only the drain at
+# cleanup_host is theirs (NoGracefulShutdownTest).
+NOVA_GRACEFUL_SHUTDOWN = hasattr(compute_manager.ComputeManager,
+                                 'graceful_shutdown')
 # Nova 34 tracks the manager's tasks and skips periodic tasks during a
 # graceful shutdown; nova 33 waits a fixed time.
 NOVA_TRACKS_TASKS = hasattr(nova_manager.Manager, 'set_shutdown_in_progress')
@@ -119,7 +126,8 @@ class GracefulShutdownBase(base.LifecycleTestBase):
         # A service heartbeat delayed by a busy test machine must not make
         # the scheduler or the API think a compute is down.
         self.flags(report_interval=1, service_down_time=30)
-        self.flags(manager_shutdown_timeout=MANAGER_SHUTDOWN_TIMEOUT)
+        if NOVA_GRACEFUL_SHUTDOWN:
+            self.flags(manager_shutdown_timeout=MANAGER_SHUTDOWN_TIMEOUT)
         self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
         self.useFixture(fixtures.MockPatch(
             'nova.virt.libvirt.driver.LibvirtDriver._get_instance_disk_info',
@@ -281,6 +289,14 @@ class GracefulShutdownBase(base.LifecycleTestBase):
     def assert_no_stop_calls(self):
         self.assertEqual([], self.api_calls.made('stop'))
         self.assertEqual([], self.api_calls.made('force_stop'))
+
+    def external_stop(self, server, shutdown_detail, stopped_detail):
+        """The guest of ``server`` on 'src' stops behind Nova's back."""
+        conn = self.src.connection
+        dom = conn.lookupByUUIDString(server['id'])
+        conn._emit_lifecycle(
+            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
+        shutdown_fixtures.mark_stopped(conn, dom, stopped_detail)
 
     def log_lines(self, text):
         return [line for line in self.stdlog.logger.output.splitlines()
@@ -1076,9 +1092,61 @@ class DrainTest(GracefulShutdownBase):
         self.assertEqual([server['id']], self.api_calls.made(
             'stop', by=restarted.manager.compute_api))
 
-    def external_stop(self, server, shutdown_detail, stopped_detail):
-        conn = self.src.connection
-        dom = conn.lookupByUUIDString(server['id'])
-        conn._emit_lifecycle(
-            dom, libvirt_events.DOMAIN_EVENT_SHUTDOWN, shutdown_detail)
-        shutdown_fixtures.mark_stopped(conn, dom, stopped_detail)
+
+class NoGracefulShutdownTest(GracefulShutdownBase):
+    """Nova 31/32: no graceful shutdown; the drain at cleanup_host stays."""
+
+    def test_one_line_says_graceful_shutdown_is_not_available(self):
+        lines = self.log_lines('has no graceful shutdown of nova-compute')
+        self.assertEqual(len(self.plugin_computes), len(lines), lines)
+        self.assertNotIn('graceful_shutdown', self.src.manager.__dict__)
+
+    def test_stopped_events_held_at_cleanup_host_are_dropped_with_a_line(
+            self):
+        servers = [self._create_server(host='src', networks='none')
+                   for _ in range(2)]
+        self.assertTrue(base.wait_until(
+            lambda: self.src.stats()['pending'] == 0))
+        before = self.src.stats()
+        for server in servers:
+            self.external_stop(
+                server, libvirt_events.DOMAIN_EVENT_SHUTDOWN_HOST,
+                libvirt_events.DOMAIN_EVENT_STOPPED_DESTROYED)
+        self.assertTrue(base.wait_until(
+            lambda: len(self.src.driver.event_path.status().held) == 2),
+            self.src.driver.event_path.status())
+
+        self.stop_and_check(self.src)
+
+        for server in servers:
+            self.assertEqual(1, len(self.log_lines(DRAIN_LINE % server['id'])))
+        stats = self.src.stats()
+        self.assertEqual(before['received'] + 2, stats['received'], stats)
+        self.assertEqual(before['delivered'], stats['delivered'], stats)
+        drained = self.log_lines('nova-lifecycle stopped:')
+        self.assertEqual(1, len(drained), drained)
+        self.assertRegex(drained[0], r'0 pending; no thread left')
+        self.assert_no_stop_calls()
+
+        restarted = self.restart_plugin_compute(self.src)
+        restarted.manager._sync_power_states(
+            nova_context.get_admin_context())
+        for server in servers:
+            self.wait_for_status(server, 'SHUTOFF')
+        self.assertEqual(sorted(s['id'] for s in servers),
+                         sorted(self.api_calls.made('stop')))
+
+
+if NOVA_GRACEFUL_SHUTDOWN:
+    del NoGracefulShutdownTest
+else:
+    # Nova's graceful shutdown scenarios, and the plugin's that need it
+    # (compute-alt, the manager's wait): not on nova 31 and 32.
+    del NovaScenariosTest, NovaPeriodicTasksTest
+    for _name in ('test_operation_arriving_on_compute_alt_waits_on_its_event',
+                  'test_unexplained_stopped_while_stopping_is_left_to_the_'
+                  'next_start',
+                  'test_no_resync_after_a_reconnect_while_stopping',
+                  'test_drain_delivers_or_cancels_each_stopped_with_one_log_'
+                  'line'):
+        delattr(DrainTest, _name)

@@ -21,11 +21,18 @@ and checks on both computes what
 ``Upstream`` classes run them with ``fast_stopped_events = False``.
 """
 
+from importlib import metadata
+
 from nova_lifecycle.tests.functional import base
 from nova_lifecycle.tests.functional import operations_base
 from nova_lifecycle.tests.functional import test_operations
 
 SOURCE = 'compute1'
+# Nova 32 on re-raises the live migration thread's error after the
+# rollback and the manager sets ERROR; nova 31's thread error ends with
+# the rollback, the instance ACTIVE.
+NOVA_MAJOR = int(metadata.version('nova').split('.')[0])
+FAILED_LIVE_MIGRATION_STATE = 'ERROR' if NOVA_MAJOR >= 32 else 'ACTIVE'
 DEST = 'compute2'
 CLEAN_OFF = test_operations.CLEAN_OFF
 DESTROYED = test_operations.DESTROYED
@@ -154,9 +161,11 @@ class LiveMigrationTest(TwoComputesTestBase):
         self._wait_for_migration_status(server, ['error', 'failed'])
 
         # Nova's monitor rolls back (the instance is ACTIVE again), then
-        # re-raises the migration thread's error, and the manager sets
-        # ERROR: Nova's doing, not a stop. The guest runs on the source.
-        self.assert_operation(server, mark, 'ERROR', SOURCE,
+        # (nova 32 on) re-raises the migration thread's error, and the
+        # manager sets ERROR: Nova's doing, not a stop. The guest runs on
+        # the source.
+        self.assert_operation(server, mark, FAILED_LIVE_MIGRATION_STATE,
+                              SOURCE,
                               {DEST: [('STOPPED_FAILED', [])]},
                               running_on=SOURCE)
         self.assertEqual([server['id']], self.migrations.failed)
