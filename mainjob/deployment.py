@@ -58,12 +58,23 @@ STOP_WAIT = 30.0
 METRICS_INTERVAL = 2
 
 
+def has_graceful_shutdown():
+    """nova 33+: the manager's graceful_shutdown and manager_shutdown_timeout.
+
+    Nova 31 and 32's service stops its RPC server, which waits for the
+    calls in progress, then calls cleanup_host.
+    """
+    return hasattr(compute_manager.ComputeManager, 'graceful_shutdown')
+
+
 def graceful_shutdown_waits_for_tasks():
     """nova 34+: the manager waits for in-progress tasks, then cleans up.
 
     nova 33's manager sleeps ``manager_shutdown_timeout`` instead (its RPC
     server's stop already waited for running calls).
     """
+    if not has_graceful_shutdown():
+        return False
     signature = inspect.signature(
         compute_manager.ComputeManager.graceful_shutdown)
     return 'timeout' in signature.parameters
@@ -138,7 +149,8 @@ class DeploymentMixin:
         self._log_fixture = self.stdlog.logger
         self.flags(instances=-1, cores=-1, ram=-1, group='quota')
         self.flags(shutdown_timeout=SHUTDOWN_TIMEOUT)
-        self.flags(manager_shutdown_timeout=manager_shutdown_timeout())
+        if has_graceful_shutdown():
+            self.flags(manager_shutdown_timeout=manager_shutdown_timeout())
         self.api_calls = self.useFixture(func_base.ComputeApiCalls())
         if self.driver_kind == results.UPSTREAM:
             self.useFixture(upstream.UpstreamEventThreads())
@@ -187,7 +199,8 @@ class DeploymentMixin:
         # The scenarios are over: the services stop without waiting (nova
         # 33's compute, conductor and scheduler each sleep
         # manager_shutdown_timeout in their graceful shutdown).
-        self.flags(manager_shutdown_timeout=0)
+        if has_graceful_shutdown():
+            self.flags(manager_shutdown_timeout=0)
 
     def _stop_compute(self):
         self.computes.pop(HOSTNAME, None)

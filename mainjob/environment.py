@@ -99,7 +99,10 @@ class Environment:
             'shutdown_timeout': CONF.shutdown_timeout,
             'stopped_event_grace': CONF.lifecycle.stopped_event_grace,
             'stopped_event_delay': CONF.lifecycle.stopped_event_delay,
-            'manager_shutdown_timeout': CONF.manager_shutdown_timeout,
+            # None on nova 31 and 32, which have no graceful shutdown.
+            'manager_shutdown_timeout': (
+                CONF.manager_shutdown_timeout
+                if 'manager_shutdown_timeout' in CONF else None),
         }
 
     @staticmethod

@@ -73,8 +73,10 @@ def format_table(info, results, drivers=results_mod.DRIVERS):
 
     lines = ['Main job: %s' % info.describe()]
     if info.settings:
+        # None: the release has no such option.
         lines.append('settings: ' + ', '.join(
-            '%s=%s' % item for item in sorted(info.settings.items())))
+            '%s=%s' % item for item in sorted(info.settings.items())
+            if item[1] is not None))
     lines.append('')
     lines.append(render(header))
     lines.append('-' * len(render(header)))

@@ -70,13 +70,18 @@ class UpstreamEventThreads(fixtures.Fixture):
         self.useFixture(fixtures.MonkeyPatch(prefix + 'Host._init_events',
                                              init_events))
         self.addCleanup(self._stop_all)
-        for name, loop in (
+        if hasattr(nova_host, 'LibvirtEventHandler'):
+            loops = (
                 ('_ThreadingLibvirtEventHandler._native_thread',
                  _native_loop),
                 ('_EventletLibvirtEventHandler._native_thread', _native_loop),
                 ('_EventletLibvirtEventHandler._dispatch_thread',
-                 _dispatch_loop),
-                ('Host._conn_event_thread', _conn_loop)):
+                 _dispatch_loop))
+        else:
+            # Nova 31 and 32: the Host runs the loops itself.
+            loops = (('Host._native_thread', _native_loop),
+                     ('Host._dispatch_thread', _dispatch_loop))
+        for name, loop in loops + (('Host._conn_event_thread', _conn_loop),):
             self.useFixture(fixtures.MonkeyPatch(prefix + name, loop))
 
     def _stop_all(self):
@@ -87,7 +92,8 @@ class UpstreamEventThreads(fixtures.Fixture):
     @staticmethod
     def stop(host, timeout=10):
         """End ``host``'s event threads; True when the loop thread ended."""
-        handler = host._event_handler
+        # Nova 31 and 32 have no handler: the Host holds its loops.
+        handler = getattr(host, '_event_handler', host)
         handler._mainjob_stop = True
         host._mainjob_stop = True
         host._conn_event_handler_queue.put(lambda: None)

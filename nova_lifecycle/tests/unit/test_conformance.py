@@ -94,6 +94,27 @@ class VerdictTest(test.NoDBTestCase):
                     self.assertTrue(entry['why'].strip(), entry['test'])
 
 
+class DefaultModesTest(test.NoDBTestCase):
+    """Each release's suites run in the modes its nova-compute has."""
+
+    def test_modes_per_release_and_suite(self):
+        both = ('threading', 'eventlet')
+        expected = {
+            '31.3.1': {'unit': ('eventlet',), 'compute': ('eventlet',),
+                       'functional': ('eventlet',)},
+            '32.2.1': {'unit': ('eventlet',), 'compute': ('eventlet',),
+                       'functional': ('eventlet',)},
+            '33.0.2': {'unit': ('eventlet',), 'compute': both,
+                       'functional': ('eventlet',)},
+            '34.0.0': {'unit': both, 'compute': both,
+                       'functional': ('threading',)},
+        }
+        for release, suites in expected.items():
+            for suite, modes in suites.items():
+                self.assertEqual(modes, run.default_modes(suite, release),
+                                 (release, suite))
+
+
 class SubstitutionTest(test.NoDBTestCase):
 
     def test_unit_binds_a_plugin_class_with_upstreams_static_methods(self):

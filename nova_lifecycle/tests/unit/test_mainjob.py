@@ -76,6 +76,13 @@ def info():
 
 class TableTest(base.TestCase):
 
+    def test_an_option_the_release_lacks_is_not_shown(self):
+        run = results.RunInfo('31.3.1', 'eventlet', 'fake',
+                              {'shutdown_timeout': 3,
+                               'manager_shutdown_timeout': None})
+        lines = tables.format_table(run, sample_results()).splitlines()
+        self.assertEqual('settings: shutdown_timeout=3', lines[1])
+
     def test_one_row_per_scenario_with_both_drivers(self):
         text = tables.format_table(info(), sample_results())
         lines = text.splitlines()
