@@ -20,6 +20,7 @@ Which driver a test process runs is chosen by the environment variable
 import inspect
 import os
 import sys
+import types
 
 DRIVER_ENV = 'NOVA_LIFECYCLE_CONFORMANCE_DRIVER'
 DRIVERS = ('plugin', 'upstream')
@@ -74,6 +75,7 @@ def unit():
     from nova_lifecycle.virt import driver as lc_driver
 
     upstream = libvirt_driver.LibvirtDriver
+    _keep_explicit_super(upstream, libvirt_driver)
     namespace = {'__module__': upstream.__module__,
                  '__qualname__': upstream.__qualname__}
     for klass in reversed(inspect.getmro(upstream)):
@@ -91,6 +93,39 @@ def unit():
     # the method in that class's own namespace, where a patch through the
     # other name would no longer reach it: one class under both names.
     libvirt_package.LibvirtDriver = bound
+
+
+# The module global that upstream's rewritten methods read instead of
+# ``LibvirtDriver`` (see _keep_explicit_super).
+UPSTREAM_CLASS_GLOBAL = '_nova_lifecycle_upstream_LibvirtDriver'
+
+
+def _keep_explicit_super(upstream, module):
+    """``super(LibvirtDriver, self)`` keeps meaning upstream's parent.
+
+    Nova 31 and 32's ``LibvirtDriver.__init__`` calls
+    ``super(LibvirtDriver, self).__init__``, reading the module global that
+    :func:`unit` rebinds to a subclass of the plugin: the call would come
+    back to the plugin's ``__init__`` for ever. Such methods read the same
+    class through a global of their own; everything else they read stays
+    the module's, so the tests' patches still reach them.
+    """
+    name = upstream.__name__
+    setattr(module, UPSTREAM_CLASS_GLOBAL, upstream)
+    for attr, value in list(vars(upstream).items()):
+        code = getattr(value, '__code__', None)
+        if code is None or not {'super', name} <= set(code.co_names):
+            continue
+        names = tuple(UPSTREAM_CLASS_GLOBAL if n == name else n
+                      for n in code.co_names)
+        rewritten = types.FunctionType(
+            code.replace(co_names=names), value.__globals__, value.__name__,
+            value.__defaults__, value.__closure__)
+        rewritten.__kwdefaults__ = value.__kwdefaults__
+        rewritten.__qualname__ = value.__qualname__
+        rewritten.__doc__ = value.__doc__
+        rewritten.__dict__.update(value.__dict__)
+        setattr(upstream, attr, rewritten)
 
 
 def compute():

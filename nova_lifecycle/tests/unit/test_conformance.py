@@ -15,6 +15,8 @@ and the substitutions it makes in Nova."""
 
 import os
 import tempfile
+import textwrap
+import types
 
 import fixtures
 from nova import test
@@ -152,3 +154,32 @@ class SubstitutionTest(test.NoDBTestCase):
                                         'fake.FakeDriver')
         self.assertEqual(['nova.virt.' + substitute.PLUGIN_DRIVER,
                           'nova.virt.fake.FakeDriver'], imported)
+
+
+class ExplicitSuperTest(test.NoDBTestCase):
+    """Nova 31/32's ``super(LibvirtDriver, self)`` under the rebound name."""
+
+    def test_upstream_parent_is_reached_once(self):
+        module = types.ModuleType('nova_like_driver')
+        exec(textwrap.dedent("""
+            class ComputeDriver:
+                def __init__(self, calls):
+                    calls.append('base')
+
+            class LibvirtDriver(ComputeDriver):
+                def __init__(self, calls):
+                    calls.append('upstream')
+                    super(LibvirtDriver, self).__init__(calls)
+            """), module.__dict__)
+        upstream = module.LibvirtDriver
+        substitute._keep_explicit_super(upstream, module)
+
+        class Plugin(upstream):
+            def __init__(self, calls):
+                calls.append('plugin')
+                super().__init__(calls)
+
+        module.LibvirtDriver = type('LibvirtDriver', (Plugin,), {})
+        calls = []
+        module.LibvirtDriver(calls)
+        self.assertEqual(['plugin', 'upstream', 'base'], calls)
