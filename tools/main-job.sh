@@ -20,7 +20,8 @@
 #
 # Every other argument goes to `python -m mainjob` (e.g.
 # --scenarios boot,soft-reboot). NOVA_LIFECYCLE_MAINJOB_ENVS chooses the tox
-# environments (default: mainjob-nova34,mainjob-nova33). Exit status: 0 when
+# environments (default: mainjob-nova34,mainjob-nova33; mainjob-nova32 and
+# mainjob-nova31 run nova 32 and 31, in eventlet only). Exit status: 0 when
 # every scenario passed on the plugin in every run; upstream's results are
 # reported, never a failure.
 set -euo pipefail
