@@ -20,13 +20,17 @@ itself, under eventlet only; nova 33 moved them into a
 """
 
 from importlib import metadata
+import inspect
 import threading
 
 import fixtures
+from nova.compute import manager as compute_manager
+from nova import manager as nova_manager
 from nova import monkey_patch
 from nova import utils
 from nova.virt.libvirt import host as nova_host
 
+from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle.tests import base
 from nova_lifecycle.virt import host as lifecycle_host
@@ -110,6 +114,47 @@ class HostModelDriftTest(base.TestCase):
                                                      'lost')
             self.assertIsNone(host._wrapped_conn)
             queued.assert_called_once_with(False, 'lost')
+
+
+class ManagerDriftTest(base.TestCase):
+    """The compute manager's seams ``compute.hooks`` uses, per release."""
+
+    def test_drift_the_sync_step_the_plugin_replaces(self):
+        """Same per-instance step and decision table on every release."""
+        Manager = compute_manager.ComputeManager
+        self.assertEqual(
+            ['self', 'context', 'db_instance'],
+            list(inspect.signature(
+                Manager._query_driver_power_state_and_sync).parameters))
+        self.assertEqual(
+            ['self', 'context', 'db_instance', 'vm_power_state',
+             'use_slave'],
+            list(inspect.signature(
+                Manager._sync_instance_power_state).parameters))
+        self.assertIn('_query_driver_power_state_and_sync',
+                      _names(Manager._sync_power_states) |
+                      _nested_names(Manager._sync_power_states))
+
+    def test_drift_graceful_shutdown_arrived_in_33(self):
+        self.assertEqual(NOVA_MAJOR >= 33, hooks.has_graceful_shutdown(
+            compute_manager.ComputeManager.__new__(
+                compute_manager.ComputeManager)))
+
+    def test_drift_shutdown_in_progress_arrived_in_34(self):
+        """``hooks.shutdown_began`` reads the flag nova 34 sets."""
+        self.assertEqual(NOVA_MAJOR >= 34, hasattr(
+            nova_manager.Manager, 'set_shutdown_in_progress'))
+
+
+def _nested_names(function):
+    """Names used by the functions defined inside ``function``, at depth."""
+    found, codes = set(), [function.__code__]
+    while codes:
+        for const in codes.pop().co_consts:
+            if inspect.iscode(const):
+                found |= set(const.co_names)
+                codes.append(const)
+    return found
 
 
 class ConcurrencyModeLineTest(base.TestCase):
