@@ -368,8 +368,17 @@ class EventPath:
         delivered = self._deliver_timed(event)
         if delivered is True:
             why = libvirt_events.stop_reason(event)
-            LOG.info('Instance %s is off: %s; Nova was told.', event.uuid,
-                     why)
+            operation = self._policy.explaining_operation(event.uuid)
+            if operation is None:
+                LOG.info('Instance %s is off: %s; Nova was told.',
+                         event.uuid, why)
+            else:
+                # QEMU reports the guest's answer to Nova's own ACPI
+                # request as a shutdown of the guest's: the driver's
+                # operation is the better reason.
+                LOG.info('Instance %s is off: during Nova\'s %s (libvirt: '
+                         '%s); Nova was told.', event.uuid, operation, why)
+                why = 'during Nova\'s %s' % operation
             with self._stop_reasons_lock:
                 self._stop_reasons[why] += 1
         return delivered

@@ -95,12 +95,25 @@ class StoppedPolicy:
 
     def explained(self, uuid):
         """True when a driver operation explains a STOPPED of ``uuid``."""
-        if self._operations.active(uuid):
-            return True
+        return self.explaining_operation(uuid) is not None
+
+    def explaining_operation(self, uuid):
+        """The driver operation that explains a STOPPED of ``uuid``, or None.
+
+        One in progress (one that stops domains first), or one that stops
+        domains and ended less than ``stopped_event_delay`` ago.
+        """
+        busy = self._operations.active(uuid)
+        if busy:
+            stopping = [name for name in busy
+                        if name in operations.STOPPING_METHODS]
+            return (stopping or busy)[0]
         ended = self._operations.ended(uuid)
-        return (ended is not None and
+        if (ended is not None and
                 ended[0] <= self._conf.stopped_event_delay and
-                ended[1] in operations.STOPPING_METHODS)
+                ended[1] in operations.STOPPING_METHODS):
+            return ended[1]
+        return None
 
     def after_operations(self):
         """Seconds a STOPPED is held once the driver's operations end.

@@ -281,6 +281,21 @@ class HeldStoppedTest(EventPathTestCase):
         self.assertEqual({'guest shut down by itself': 1, 'guest crashed': 1},
                          p.status().stopped_by_reason)
 
+    def test_a_stopped_during_a_driver_operation_names_it(self):
+        # QEMU reports a guest's answer to Nova's ACPI request as GUEST.
+        p = self.make(delay=0.01)
+        event = lifecycle(UUID_A, STOPPED,
+                          libvirt_events.DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        event.shutdown_detail = libvirt_events.DOMAIN_EVENT_SHUTDOWN_GUEST
+        with p.track(UUID_A, 'power_off'):
+            p.queue(event)
+            self.wait_ended(p, 1)
+        self.assertIn('Instance %s is off: during Nova\'s power_off '
+                      '(libvirt: guest shut down by itself); Nova was told.'
+                      % UUID_A, self.logs.output)
+        self.assertEqual({'during Nova\'s power_off': 1},
+                         p.status().stopped_by_reason)
+
     def test_stopped_of_a_running_domain_is_cancelled_by_the_recheck(self):
         running = 1  # virDomainState RUNNING
         p = self.make(delay=0.01, fast=True, grace=0.01,
