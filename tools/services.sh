@@ -60,6 +60,9 @@ PIP_PACKAGES=(
     glance==33.0.0
     openstack-placement==16.0.0
     neutron==29.0.0
+    # neutron 29 imports pyroute2 (neutron-db-manage, through
+    # neutron.privileged) but does not require it in its metadata.
+    pyroute2
     gunicorn
     PyMySQL
     openstacksdk
@@ -120,8 +123,15 @@ show_log() {
     fi
 }
 
-# service_failed <name> <reason>: the message the brief asks for.
+# service_failed <name> <reason>: stop what is left of it, show its log.
 service_failed() {
+    local pid
+    pid=$(pid_of "$1")
+    if [ -n "$pid" ]; then
+        for pid in $pid $(children "$pid"); do
+            stop_pid "$1" "$pid"
+        done
+    fi
     show_log "$1"
     fail "$1 did not start: $2 (log: $LOGS/$1.log)"
 }
@@ -521,13 +531,14 @@ EOF
     local dbs
     dbs=$(printf '[api_database]\nconnection = %s\n[database]\nconnection = %s\n' \
         "$(db_url nova | sed 's|/nova?|/nova_api?|')" "$(db_url nova)")
+    # nova's WSGI entry point loads its paste pipeline from the first of
+    # OS_NOVA_CONFIG_FILES, next to nova-api.conf.
+    cp "$paste/nova/api-paste.ini" "$ETC/nova/api-paste.ini"
     cat > "$ETC/nova/nova-api.conf" <<EOF
 $common
 $dbs
 [api]
 auth_strategy = keystone
-[wsgi]
-api_paste_config = $paste/nova/api-paste.ini
 $(authtoken nova)
 EOF
     cat > "$ETC/nova/nova-conductor.conf" <<EOF
@@ -555,7 +566,7 @@ connection_uri = qemu:///system
 helper_command = $VENV/bin/privsep-helper --config-file $ETC/nova/nova-compute.conf
 $(lifecycle_section)
 EOF
-    chmod 600 "$ETC"/*/*.conf "$ETC"/*/*.ini "$ETC/mariadb.cnf"
+    chmod 600 "$ETC"/*/*.conf "$ETC"/*/*.ini
     cat > "$STATE/clouds.yaml" <<EOF
 # tools/services.sh: OS_CLIENT_CONFIG_FILE=$STATE/clouds.yaml
 # OS_CLOUD=nova-lifecycle openstack server list
@@ -609,15 +620,26 @@ setup_keystone() {
         --bootstrap-region-id RegionOne
 }
 
-# start_api <name> <port> <wsgi module> <env...>: gunicorn, one worker.
+# start_api <name> <port> <wsgi module> <env...>: gunicorn, one worker of
+# 8 threads. Its settings come from ./gunicorn.conf.py, not the command
+# line: the services parse sys.argv with oslo.config, which rejects
+# gunicorn's options.
 start_api() {
-    local name=$1 port=$2 app=$3
+    local name=$1 port=$2 app=$3 dir=$ETC/${1%-api}
     shift 3
+    cat > "$dir/gunicorn.conf.py" <<EOF
+wsgi_app = "$app"
+proc_name = "$name"
+bind = "$HOST_IP:$port"
+workers = 1
+threads = 8
+timeout = 120
+accesslog = "-"
+control_socket_disable = True
+EOF
     if ! running "$name"; then
-        launch "$name" env PATH="$VENV/bin:$PATH" "$@" \
-            "$VENV/bin/gunicorn" --name "$name" --workers 1 --threads 8 \
-            --timeout 120 --bind "$HOST_IP:$port" \
-            --access-logfile - "$app"
+        launch "$name" env -C "$dir" PATH="$VENV/bin:$PATH" "$@" \
+            "$VENV/bin/gunicorn"
     fi
     wait_for "$name" http_ok "http://$HOST_IP:$port/"
 }
@@ -716,7 +738,7 @@ setup_nova_db() {
 start_nova_api() {
     start_api nova-api 8774 nova.wsgi.osapi_compute:application \
         OS_NOVA_CONFIG_DIR="$ETC/nova" \
-        OS_NOVA_CONFIG_FILES="nova-api.conf"
+        OS_NOVA_CONFIG_FILES="api-paste.ini;nova-api.conf"
 }
 
 # start_nova <binary>: conductor, scheduler, compute. On nova 34 all three
