@@ -101,11 +101,19 @@ require_root() {
     [ "$(id -u)" -eq 0 ] || fail "must run as root"
 }
 
+# alive <pid>: it exists and is no zombie (PID 1 here reaps late).
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat:0:1}" != Z ]
+}
+
 pid_of() {
     local f=$RUN/$1.pid pid
     [ -r "$f" ] || return 0
     pid=$(tr -dc '0-9' < "$f")
-    if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then
+    if [ -n "$pid" ] && alive "$pid"; then
         echo "$pid"
     fi
 }
@@ -757,9 +765,8 @@ start_nova() {
 discover_compute() {
     local deadline=$((SECONDS + TIMEOUT)) found
     while true; do
-        nova_manage cell_v2 discover_hosts >>"$LOGS/setup.log" 2>&1 || true
         if nova_manage cell_v2 list_hosts 2>/dev/null | grep -q ' cell1 ' \
-                && found=$(os_python <<'EOF'
+                && found=$(os_python 2>>"$LOGS/setup.log" <<'EOF'
 import openstack
 import sys
 hv = list(openstack.connect().compute.hypervisors())
@@ -769,6 +776,7 @@ EOF
                 ); then
             break
         fi
+        nova_manage cell_v2 discover_hosts >>"$LOGS/setup.log" 2>&1 || true
         running nova-compute || service_failed nova-compute "it exited"
         [ "$SECONDS" -lt "$deadline" ] || service_failed nova-compute \
             "no hypervisor listed after $TIMEOUT s of discover_hosts"
@@ -914,10 +922,10 @@ destroy_domains() {
 stop_pid() {
     local name=$1 pid=$2 deadline=$((SECONDS + 30))
     kill -TERM "$pid" 2>/dev/null || return 0
-    while [ -d "/proc/$pid" ] && [ "$SECONDS" -lt "$deadline" ]; do
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 0.2
     done
-    if [ -d "/proc/$pid" ]; then
+    if alive "$pid"; then
         say "$name (pid $pid) ignored SIGTERM for 30 s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -943,7 +951,7 @@ stop_service() {
     stop_pid "$name" "$pid"
     # Workers, privsep helpers, beam.smp: what outlived the parent.
     for pid in $kids; do
-        [ -d "/proc/$pid" ] && stop_pid "$name" "$pid"
+        alive "$pid" && stop_pid "$name" "$pid"
     done
     rm -f "$RUN/$name.pid"
     say "$(printf '%-44s %6s s' "stopped $name" "$(since "$t0")")"
@@ -957,11 +965,12 @@ leftovers() {
     for f in /proc/[0-9]*; do
         pid=${f#/proc/}
         [ "$pid" = $$ ] && continue
-        if tr '\0' '\n' < "$f/cmdline" 2>/dev/null \
+        if { tr '\0' '\n' < "$f/cmdline"; } 2>/dev/null \
                 | grep -qF -e "$STATE" -e "$VENV" \
-                || tr '\0' '\n' < "$f/environ" 2>/dev/null \
+                || { tr '\0' '\n' < "$f/environ"; } 2>/dev/null \
                 | grep -q "^OS_[A-Z]*_CONFIG_DIR=$STATE"; then
-            echo "$pid $(tr '\0' ' ' < "$f/cmdline" | cut -c1-100)"
+            echo "$pid $({ tr '\0' ' ' < "$f/cmdline"; } 2>/dev/null \
+                | cut -c1-100)"
         fi
     done
 }
