@@ -159,7 +159,8 @@ launch() {
 # wait_for <name> <check command...>: until the check passes, or fail
 # naming the service when its process exits or the timeout passes.
 wait_for() {
-    local name=$1 deadline=$((SECONDS + TIMEOUT))
+    local name=$1 deadline
+    deadline=$((SECONDS + TIMEOUT))
     shift
     until "$@" >/dev/null 2>&1; do
         running "$name" || service_failed "$name" "its process exited"
@@ -759,11 +760,17 @@ start_nova() {
             --config-file "$ETC/nova/$name.conf"
     fi
     wait_for "$name" log_has "$name" "Starting ${name#nova-} node"
+    if log_has "$name" "oslo_service.backend._threading"; then
+        say "$name runs in native threading mode"
+    elif log_has "$name" "Eventlet based service backend"; then
+        say "$name runs in eventlet mode"
+    fi
 }
 
 # Map the compute host to cell1, then wait until the API lists it.
 discover_compute() {
-    local deadline=$((SECONDS + TIMEOUT)) found
+    local deadline found
+    deadline=$((SECONDS + TIMEOUT))
     while true; do
         if nova_manage cell_v2 list_hosts 2>/dev/null | grep -q ' cell1 ' \
                 && found=$(os_python 2>>"$LOGS/setup.log" <<'EOF'
@@ -920,7 +927,8 @@ destroy_domains() {
 
 # stop_pid <name> <pid>: TERM, wait up to 30 s, KILL.
 stop_pid() {
-    local name=$1 pid=$2 deadline=$((SECONDS + 30))
+    local name=$1 pid=$2 deadline
+    deadline=$((SECONDS + 30))
     kill -TERM "$pid" 2>/dev/null || return 0
     while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 0.2
@@ -980,8 +988,8 @@ do_down() {
     local name left
     [ -d "$STATE" ] || { say "nothing to stop ($STATE missing)"; return 0; }
     load_password
-    delete_servers
-    destroy_domains
+    step "servers deleted through the API" delete_servers
+    step "libvirt domains of the deployment gone" destroy_domains
     for name in nova-compute nova-scheduler nova-conductor nova-api \
             neutron placement glance keystone; do
         stop_service "$name"
@@ -1004,6 +1012,15 @@ do_down() {
     if [ -n "$left" ]; then
         echo "$left" >&2
         fail "processes of $STATE still running (above)"
+    fi
+    # The same by name, whoever started them: reported, not stopped.
+    left=$(ps -eo pid=,comm=,args= | awk '$2 ~ /^(mariadbd|mysqld|beam\.smp|epmd|erl_child_setup|inet_gethost|gunicorn|privsep-helper)$/ || $0 ~ /bin\/(nova|neutron|glance|keystone|placement)-/' | cut -c1-120)
+    if [ -n "$left" ]; then
+        say "process check: not ours, left running:"
+        echo "$left"
+    else
+        say "process check: no mariadbd, beam.smp, epmd, gunicorn," \
+            "privsep-helper or OpenStack service process runs"
     fi
     say "down in $(since "$START_ALL") s; no process of $STATE left"
 }
