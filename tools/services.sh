@@ -152,7 +152,8 @@ launch() {
         >> "$LOGS/$name.log"
     # Where this start's output begins (log_has reads only that).
     stat -c %s "$LOGS/$name.log" > "$RUN/$name.logpos"
-    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    # In the state directory: `down` finds leftovers by their cwd too.
+    setsid env -C "$STATE" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
     echo $! > "$RUN/$name.pid"
 }
 
@@ -966,17 +967,22 @@ stop_service() {
 }
 
 # Processes of the deployment still alive: a command line naming the state
-# directory or the virtualenv, or an environment naming a config directory
-# in it (gunicorn renames itself).
+# directory or the virtualenv, or a working directory in the state
+# directory (gunicorn's setproctitle overwrites its command line).
 leftovers() {
-    local f pid
+    local f pid cwd skip=" " p=$BASHPID
+    # Not this script nor the shells it runs from.
+    while [ "${p:-0}" -gt 1 ]; do
+        skip+="$p "
+        p=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+    done
     for f in /proc/[0-9]*; do
         pid=${f#/proc/}
-        [ "$pid" = $$ ] && continue
-        if { tr '\0' '\n' < "$f/cmdline"; } 2>/dev/null \
-                | grep -qF -e "$STATE" -e "$VENV" \
-                || { tr '\0' '\n' < "$f/environ"; } 2>/dev/null \
-                | grep -q "^OS_[A-Z]*_CONFIG_DIR=$STATE"; then
+        [[ "$skip" == *" $pid "* ]] && continue
+        cwd=$(readlink "$f/cwd" 2>/dev/null) || cwd=
+        if [[ "$cwd/" == "$STATE"/* ]] \
+                || { tr '\0' '\n' < "$f/cmdline"; } 2>/dev/null \
+                | grep -qF -e "$STATE" -e "$VENV"; then
             echo "$pid $({ tr '\0' ' ' < "$f/cmdline"; } 2>/dev/null \
                 | cut -c1-100)"
         fi
