@@ -40,7 +40,7 @@
 set -euo pipefail
 
 TOP=$(cd "$(dirname "$0")/.." && pwd)
-STATE=${NOVA_LIFECYCLE_SERVICES_DIR:-/var/lib/nova-lifecycle-services}
+STATE=$(realpath -m "${NOVA_LIFECYCLE_SERVICES_DIR:-/var/lib/nova-lifecycle-services}")
 VENV=${NOVA_LIFECYCLE_SERVICES_VENV:-$STATE/venv}
 TIMEOUT=${NOVA_LIFECYCLE_SERVICES_TIMEOUT:-120}
 PYTHON=${PYTHON:-python3}
