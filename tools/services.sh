@@ -109,11 +109,26 @@ alive() {
     [ "${stat:0:1}" != Z ]
 }
 
+# start_time <pid>: when it started (field 22 of /proc/<pid>/stat).
+start_time() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    stat=${stat##*) }
+    echo "$stat" | awk '{ print $20 }'
+}
+
+# write_pid <name> <pid>: "<pid> <start time>", so that a recycled pid is
+# never taken for the service.
+write_pid() {
+    echo "$2 $(start_time "$2")" > "$RUN/$1.pid"
+}
+
 pid_of() {
-    local f=$RUN/$1.pid pid
+    local f=$RUN/$1.pid pid started
     [ -r "$f" ] || return 0
-    pid=$(tr -dc '0-9' < "$f")
-    if [ -n "$pid" ] && alive "$pid"; then
+    read -r pid started < "$f" || true
+    if [ -n "$pid" ] && alive "$pid" \
+            && [ "$(start_time "$pid")" = "$started" ]; then
         echo "$pid"
     fi
 }
@@ -154,7 +169,7 @@ launch() {
     stat -c %s "$LOGS/$name.log" > "$RUN/$name.logpos"
     # In the state directory: `down` finds leftovers by their cwd too.
     setsid env -C "$STATE" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-    echo $! > "$RUN/$name.pid"
+    write_pid "$name" $!
 }
 
 # wait_for <name> <check command...>: until the check passes, or fail
@@ -352,6 +367,7 @@ pids_named() {
 }
 
 start_rabbitmq() {
+    local pid
     rabbit_env
     mkdir -p "$ETC/rabbitmq" "$DATA/rabbitmq" "$LOGS/rabbitmq"
     : > "$ETC/rabbitmq/rabbitmq-env.conf"
@@ -372,7 +388,10 @@ start_rabbitmq() {
         /usr/lib/rabbitmq/bin/rabbitmq-server
     wait_for rabbitmq rabbitmqctl -q await_startup --timeout 5
     if [ -e "$RUN/epmd.ours" ]; then
-        pids_named epmd | head -n 1 > "$RUN/epmd.pid"
+        pid=$(pids_named epmd | head -n 1)
+        if [ -n "$pid" ]; then
+            write_pid epmd "$pid"
+        fi
         rm -f "$RUN/epmd.ours"
     fi
 }
@@ -833,21 +852,32 @@ if conn.compute.find_flavor('lifecycle.tiny') is None:
 EOF
 }
 
+# Each API answers; every nova service reports "up" (a restarted
+# nova-compute does so at its first heartbeat, up to report_interval, 10 s,
+# after its start).
 check_apis() {
-    os_python <<'EOF'
+    os_python "$TIMEOUT" <<'EOF'
+import sys
+import time
 import openstack
 
 conn = openstack.connect()
 token = conn.session.get_token()
 images = [i.name for i in conn.image.images()]
 hvs = [h.name for h in conn.compute.hypervisors()]
-svcs = {(s.binary, s.state) for s in conn.compute.services()}
 nets = list(conn.network.networks())
 print('services: token %s... ; images %s ; hypervisors %s ; networks %d'
       % (token[:8], ', '.join(sorted(images)), ', '.join(hvs), len(nets)))
-down = [b for b, st in svcs if st != 'up']
-assert not down, 'nova services down: %s' % down
-assert 'nova-lifecycle-guest' in images and hvs
+if 'nova-lifecycle-guest' not in images or not hvs:
+    sys.exit('services: FAILED: the test image or the hypervisor is missing')
+deadline = time.time() + float(sys.argv[1])
+while True:
+    down = sorted(s.binary for s in conn.compute.services() if s.state != 'up')
+    if not down:
+        break
+    if time.time() > deadline:
+        sys.exit('services: FAILED: nova services down: %s' % down)
+    time.sleep(1)
 EOF
 }
 
