@@ -26,6 +26,9 @@
 #                              left
 #   tools/services.sh status   each service, its pid and RSS; exit 0 only
 #                              when all run
+#   tools/services.sh smoke    with openstacksdk: boot a server of the test
+#                              guest (networks='none'), stop, start, delete
+#                              it; one line per action with its time
 #
 # Environment:
 #   NOVA_LIFECYCLE_SERVICES_DIR   state directory (configs, logs, pid files,
@@ -1092,12 +1095,76 @@ do_status() {
     return $rc
 }
 
+# One server through the API, as a user of the deployment would.
+do_smoke() {
+    running nova-api || fail "nova-api is not running: tools/services.sh up"
+    load_password
+    os_python "$TIMEOUT" <<'EOF'
+import sys
+import time
+import openstack
+
+conn = openstack.connect()
+timeout = float(sys.argv[1])
+compute = conn.compute
+
+
+def timed(what, fn):
+    t0 = time.time()
+    fn()
+    print('services: smoke: %-34s %6.1f s' % (what, time.time() - t0))
+
+
+def wait(server, status):
+    compute.wait_for_server(server, status=status, wait=timeout, interval=0.5)
+    deadline = time.time() + timeout
+    while compute.get_server(server).task_state is not None:
+        if time.time() > deadline:
+            sys.exit('services: FAILED: %s stays in a task state' % server.id)
+        time.sleep(0.5)
+
+
+image = conn.image.find_image('nova-lifecycle-guest', ignore_missing=False)
+flavor = compute.find_flavor('lifecycle.tiny', ignore_missing=False)
+box = {}
+
+
+def boot():
+    box['s'] = compute.create_server(name='services-smoke', image_id=image.id,
+                                     flavor_id=flavor.id, networks='none')
+    wait(box['s'], 'ACTIVE')
+
+
+def guest_ready():
+    # Its console (through the API): the guest's acpid now honours the
+    # power button that a clean stop presses.
+    deadline = time.time() + timeout
+    while 'nova-lifecycle-guest: ready' not in compute.get_server_console_output(
+            server).get('output', ''):
+        if time.time() > deadline:
+            sys.exit('services: FAILED: the guest did not boot')
+        time.sleep(0.5)
+
+
+timed('create (networks none) -> ACTIVE', boot)
+server = box['s']
+timed('guest ready on its console', guest_ready)
+timed('stop -> SHUTOFF', lambda: (compute.stop_server(server),
+                                  wait(server, 'SHUTOFF')))
+timed('start -> ACTIVE', lambda: (compute.start_server(server),
+                                  wait(server, 'ACTIVE')))
+timed('delete -> gone', lambda: (compute.delete_server(server),
+                                 compute.wait_for_delete(server, wait=timeout)))
+EOF
+}
+
 case "${1:-}" in
     up) do_up ;;
     down) do_down ;;
     status) do_status ;;
+    smoke) do_smoke ;;
     -h|--help|"")
         sed -n '15,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         ;;
-    *) fail "unknown command '$1' (use up, down or status)" ;;
+    *) fail "unknown command '$1' (use up, down, status or smoke)" ;;
 esac
