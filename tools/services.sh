@@ -195,6 +195,15 @@ http_ok() {
     [ "$code" != 000 ] && [ "${code:0:1}" != 5 ]
 }
 
+# port_free <name> <port>: nothing else listens there (a check of the
+# service would otherwise reach the other server).
+port_free() {
+    if ss -Hltn "sport = :$2" 2>/dev/null | grep -q .; then
+        fail "$1 cannot start: port $2 is taken by another process" \
+            "($(ss -Hltnp "sport = :$2" | grep -o 'users:.*' | head -n 1))"
+    fi
+}
+
 # log_has <name> <text>: the service logged it since its last start.
 log_has() {
     local pos
@@ -310,6 +319,7 @@ EOF
             >>"$LOGS/mariadb.log" 2>&1 \
             || service_failed mariadb "mariadb-install-db failed"
     fi
+    port_free mariadb 3306
     launch mariadb mariadbd --defaults-file="$ETC/mariadb.cnf"
     wait_for mariadb mariadb-admin --defaults-file="$ETC/mariadb.cnf" \
         -uroot ping
@@ -387,6 +397,7 @@ start_rabbitmq() {
     fi
     # The script under /usr/lib (the one in /usr/sbin su's to the rabbitmq
     # user). It stays as the parent of beam.smp and stops the node on TERM.
+    port_free rabbitmq 5672
     launch rabbitmq env "${RABBIT_ENV[@]}" \
         /usr/lib/rabbitmq/bin/rabbitmq-server
     wait_for rabbitmq rabbitmqctl -q await_startup --timeout 5
@@ -670,6 +681,7 @@ accesslog = "-"
 control_socket_disable = True
 EOF
     if ! running "$name"; then
+        port_free "$name" "$port"
         launch "$name" env -C "$dir" PATH="$VENV/bin:$PATH" "$@" \
             "$VENV/bin/gunicorn"
     fi
