@@ -25,6 +25,7 @@ import time
 
 from nova.tests.functional.api import client
 
+from mainjob import domains
 from mainjob import results
 from mainjob import scenarios
 from nova_lifecycle import concurrency
@@ -43,7 +44,7 @@ POLL = 0.025
 # held during an operation waits for stopped_event_delay at most.
 SETTLE_WAIT = 30.0
 # Prefix of the main job's own threads (not the plugin's).
-MAINJOB_THREADS = concurrency.THREAD_PREFIX + 'mainjob-'
+MAINJOB_THREADS = domains.MAINJOB_THREADS
 
 
 def plugin_threads():
