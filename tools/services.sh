@@ -29,6 +29,16 @@
 #   tools/services.sh smoke    with openstacksdk: boot a server of the test
 #                              guest (networks='none'), stop, start, delete
 #                              it; one line per action with its time
+#   tools/services.sh compute-driver plugin|upstream [OPTION=VALUE...]
+#                              nova-compute on nova_lifecycle.
+#                              LibvirtLifecycleDriver or libvirt.
+#                              LibvirtDriver, with these [DEFAULT] options
+#                              (kept until the next compute-driver or
+#                              down); restarts nova-compute only and waits
+#                              until the API shows it up
+#   tools/services.sh stop|start mariadb|rabbitmq|nova-compute
+#                              one service (the main job's failure
+#                              scenarios); start waits until it serves
 #
 # Environment:
 #   NOVA_LIFECYCLE_SERVICES_DIR   state directory (configs, logs, pid files,
@@ -455,6 +465,22 @@ transport_url() {
     echo "rabbit://openstack:$PASSWORD@$HOST_IP:5672/"
 }
 
+# nova-compute's driver and extra [DEFAULT] options, as `compute-driver`
+# recorded them: the first line plugin or upstream, then OPTION=VALUE
+# lines. None recorded: the plugin.
+COMPUTE_CHOICE=compute-driver
+
+compute_driver_class() {
+    case "$(head -n 1 "$STATE/$COMPUTE_CHOICE" 2>/dev/null)" in
+        upstream) echo libvirt.LibvirtDriver ;;
+        *) echo nova_lifecycle.LibvirtLifecycleDriver ;;
+    esac
+}
+
+compute_options() {
+    tail -n +2 "$STATE/$COMPUTE_CHOICE" 2>/dev/null | sed 's/=/ = /' || true
+}
+
 # The [lifecycle] options from NOVA_LIFECYCLE_* variables, as the devstack
 # plugin writes them (devstack/plugin.sh); unset ones are left out.
 lifecycle_section() {
@@ -601,7 +627,8 @@ EOF
     cat > "$ETC/nova/nova-compute.conf" <<EOF
 $common
 [DEFAULT]
-compute_driver = nova_lifecycle.LibvirtLifecycleDriver
+compute_driver = $(compute_driver_class)
+$(compute_options)
 [libvirt]
 virt_type = qemu
 connection_uri = qemu:///system
@@ -1059,6 +1086,8 @@ do_down() {
         "$TOP/tools/libvirt-setup.sh" --stop
         rm -f "$RUN/libvirt.ours"
     fi
+    # The next `up` starts nova-compute on the plugin again.
+    rm -f "$STATE/$COMPUTE_CHOICE"
     left=$(leftovers)
     if [ -n "$left" ]; then
         echo "$left" >&2
@@ -1104,6 +1133,8 @@ do_status() {
     done
     printf '%-16s %-21s %6d MiB\n' total "(RSS, with children)" \
         $((total / 1024))
+    echo "nova-compute driver: $(compute_driver_class)" \
+        "$(tail -n +2 "$STATE/$COMPUTE_CHOICE" 2>/dev/null | tr '\n' ' ')"
     return $rc
 }
 
@@ -1170,13 +1201,112 @@ timed('delete -> gone', lambda: (compute.delete_server(server),
 EOF
 }
 
+# ---------------------------------------------------------------- one service
+
+# wait_compute_up <epoch>: the API shows nova-compute up on a report made
+# after <epoch> (a restarted one looks up on its last report of before for
+# service_down_time, 60 s).
+wait_compute_up() {
+    os_python "$TIMEOUT" "$1" <<'EOF'
+import datetime
+import sys
+import time
+import openstack
+
+conn = openstack.connect()
+timeout, since = float(sys.argv[1]), float(sys.argv[2]) - 1
+
+
+def reported(service):
+    when = datetime.datetime.fromisoformat(service.updated_at or '1970-01-01')
+    return when.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+deadline = time.time() + timeout
+while True:
+    try:
+        fresh = [s for s in conn.compute.services()
+                 if s.binary == 'nova-compute' and s.state == 'up'
+                 and reported(s) >= since]
+    except Exception:
+        # The API's own database or queue may be coming back.
+        fresh = []
+    if fresh:
+        break
+    if time.time() > deadline:
+        sys.exit('services: FAILED: the API does not show nova-compute up '
+                 '%.0f s after its start' % timeout)
+    time.sleep(0.5)
+EOF
+}
+
+start_compute() {
+    local t0=$EPOCHREALTIME
+    start_nova nova-compute
+    wait_compute_up "$t0" || service_failed nova-compute "not up in the API"
+}
+
+# compute-driver plugin|upstream [OPTION=VALUE...]: record the choice,
+# rewrite the configuration, restart nova-compute alone.
+do_compute_driver() {
+    local driver=${1:-} opt t0=$EPOCHREALTIME
+    require_root
+    case "$driver" in
+        plugin|upstream) ;;
+        *) fail "compute-driver: plugin or upstream, not '$driver'" ;;
+    esac
+    shift
+    for opt in "$@"; do
+        [[ "$opt" =~ ^[a-z_]+=[^[:space:]]+$ ]] \
+            || fail "compute-driver: '$opt' is not OPTION=VALUE"
+    done
+    running nova-conductor || fail "the deployment is not up" \
+        "(tools/services.sh up)"
+    load_password
+    printf '%s\n' "$driver" "$@" > "$STATE/$COMPUTE_CHOICE"
+    write_configs
+    stop_service nova-compute
+    step "nova-compute on $(compute_driver_class)" start_compute
+    say "compute-driver $driver${*:+ ($*)} in $(since "$t0") s"
+}
+
+do_stop() {
+    require_root
+    case "${1:-}" in
+        mariadb|nova-compute) stop_service "$1" ;;
+        rabbitmq)
+            if running rabbitmq; then
+                rabbit_env
+                rabbitmqctl -q stop >/dev/null 2>&1 || true
+            fi
+            stop_service rabbitmq
+            ;;
+        *) fail "stop: mariadb, rabbitmq or nova-compute, not '${1:-}'" ;;
+    esac
+}
+
+do_start() {
+    require_root
+    load_password
+    case "${1:-}" in
+        mariadb) step "mariadb" start_mariadb ;;
+        rabbitmq) step "rabbitmq" start_rabbitmq ;;
+        nova-compute) step "nova-compute" start_compute ;;
+        *) fail "start: mariadb, rabbitmq or nova-compute, not '${1:-}'" ;;
+    esac
+}
+
 case "${1:-}" in
     up) do_up ;;
     down) do_down ;;
     status) do_status ;;
     smoke) do_smoke ;;
+    compute-driver) shift; do_compute_driver "$@" ;;
+    stop) do_stop "${2:-}" ;;
+    start) do_start "${2:-}" ;;
     -h|--help|"")
         sed -n '15,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
         ;;
-    *) fail "unknown command '$1' (use up, down, status or smoke)" ;;
+    *) fail "unknown command '$1' (use up, down, status, smoke," \
+        "compute-driver, stop or start)" ;;
 esac
