@@ -30,6 +30,11 @@ from mainjob import results
 from mainjob import scenarios
 
 FAKE = 'fake'
+ONE_PROCESS = 'one-process'
+SERVICES = 'services'
+DEPLOYMENTS = (ONE_PROCESS, SERVICES)
+# tools/services.sh's state directory (mainjob.services_api.DEFAULT_DIR).
+DEFAULT_SERVICES_DIR = '/var/lib/nova-lifecycle-services'
 # The libvirt URIs the real mode can use: QEMU's driver, any transport.
 QEMU_URI = re.compile(r'^qemu(\+[a-z]+)?://[^\s]*/(system|session)\b')
 OUTPUT_DIR = os.path.join('build', 'mainjob')
@@ -57,6 +62,21 @@ def build_parser():
                'variable OS_NOVA_DISABLE_EVENTLET_PATCHING (true: native '
                'threads, false: eventlet). tools/main-job.sh and tox -e '
                'mainjob-nova3x run both modes, one after the other.')
+    parser.add_argument(
+        '--deployment', choices=DEPLOYMENTS, default=ONE_PROCESS,
+        help='one-process (default): Nova from its functional-test '
+             'fixtures in this process; services: the deployment of '
+             'tools/services.sh (real services on MariaDB and RabbitMQ, '
+             'nova-compute on the real libvirtd), driven through its REST '
+             'API with openstacksdk; run with that deployment\'s python '
+             '(see doc/source/mainjob.rst)')
+    parser.add_argument(
+        '--services-dir', metavar='DIR',
+        default=os.environ.get('NOVA_LIFECYCLE_SERVICES_DIR',
+                               DEFAULT_SERVICES_DIR),
+        help='services: the state directory of tools/services.sh '
+             '(default: $NOVA_LIFECYCLE_SERVICES_DIR or %s)'
+             % DEFAULT_SERVICES_DIR)
     parser.add_argument(
         '--libvirt-uri', default=FAKE, metavar='URI',
         help='"fake" (default): Nova\'s fake libvirt, nothing to install; '
@@ -112,21 +132,37 @@ def parse_args(argv):
     if options.scenarios == []:
         parser.error('--scenarios: no scenario named (leave the option out '
                      'to run them all; names: --list-scenarios)')
+    options.services = options.deployment == SERVICES
     try:
-        options.selected = scenarios.select(options.scenarios)
+        options.selected = scenarios.select(options.scenarios,
+                                            options.services)
     except ValueError as exc:
         parser.error('--scenarios: %s' % exc)
+    if options.services and options.libvirt_uri != FAKE:
+        parser.error('--libvirt-uri: --deployment services uses its '
+                     'nova-compute\'s libvirtd (qemu:///system)')
     if options.libvirt_uri != FAKE and not QEMU_URI.match(
             options.libvirt_uri):
         parser.error('--libvirt-uri: %r is neither "fake" nor a libvirt URI '
                      'of QEMU\'s driver such as qemu:///system'
                      % options.libvirt_uri)
     options.real = options.libvirt_uri != FAKE
+    options.kind = kind(options.real, options.services)
     return options
 
 
+def kind(real, services=False):
+    """'fake', 'real' or 'services': the last word of a run's files."""
+    if services:
+        return SERVICES
+    return 'real' if real else FAKE
+
+
 def output_stem(nova_major, mode, real):
-    return 'nova%s-%s-%s' % (nova_major, mode, 'real' if real else 'fake')
+    """``real``: a bool (real or fake libvirt) or the kind itself."""
+    if not isinstance(real, str):
+        real = kind(real)
+    return 'nova%s-%s-%s' % (nova_major, mode, real)
 
 
 def per_run_path(path, nova_major, mode, real):
@@ -206,8 +242,13 @@ def main(argv=None, stdout=None):
         return 0
     if options.list_scenarios:
         for scenario in scenarios.SCENARIOS:
-            out.write('%-20s %s\n' % (scenario.name, scenario.title))
+            out.write('%-20s %s%s\n' % (
+                scenario.name, scenario.title,
+                ' (--deployment services only)'
+                if scenario.services_only else ''))
         return 0
+    if options.services:
+        return _main_services(options, out)
 
     # Until the run's log file is known, keep log lines (Nova's banner
     # about its concurrency mode, its warnings) off the console. Importing
@@ -224,7 +265,6 @@ def main(argv=None, stdout=None):
         from mainjob import deployment
         from mainjob import realvirt
         from mainjob import runner
-        from mainjob import tables
 
     if options.real:
         problem = realvirt.problem(options.libvirt_uri, options.guest_dir)
@@ -240,13 +280,7 @@ def main(argv=None, stdout=None):
     mode = 'threading' if concurrency.threading_mode() else 'eventlet'
     info = results.RunInfo(_nova_version(), mode,
                            options.libvirt_uri if options.real else FAKE)
-    plot_path = (per_run_path(options.plot, info.nova_major, mode,
-                              options.real) if options.plot else
-                 default_plot_path(info.nova_major, mode, options.real))
-    json_path = options.json and per_run_path(options.json, info.nova_major,
-                                              mode, options.real)
-    log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
-                                                 options.real)
+    plot_path, json_path, log_dir = _paths(options, info, mode)
     _log_to_file(os.path.join(log_dir, 'mainjob.log'), early,
                  loading.getvalue())
     progress = runner.Progress(out)
@@ -256,6 +290,59 @@ def main(argv=None, stdout=None):
     all_results, info.settings = runner.run(
         options.drivers, options.selected, factory, progress, log_dir)
 
+    return _report(out, options, info, all_results, plot_path, json_path,
+                   log_dir)
+
+
+def _paths(options, info, mode):
+    """The run's plot, JSON (or None) and log directory."""
+    stem_kind = options.kind
+    plot_path = (per_run_path(options.plot, info.nova_major, mode,
+                              stem_kind) if options.plot else
+                 default_plot_path(info.nova_major, mode, stem_kind))
+    json_path = options.json and per_run_path(options.json, info.nova_major,
+                                              mode, stem_kind)
+    log_dir = options.log_dir or default_log_dir(info.nova_major, mode,
+                                                 stem_kind)
+    return plot_path, json_path, log_dir
+
+
+def _main_services(options, out):
+    """--deployment services: see :mod:`mainjob.services`."""
+    from mainjob import runner
+    from mainjob import services
+    from mainjob import services_api
+
+    directory = os.path.realpath(options.services_dir)
+    problem = services_api.problem(directory)
+    if problem:
+        out.write('main job: cannot use the deployment of %s: %s\n'
+                  % (directory, problem))
+        return 1
+    mode = services.concurrency_mode(directory)
+    info = results.RunInfo(_nova_version(), mode, 'qemu:///system',
+                           deployment=SERVICES)
+    plot_path, json_path, log_dir = _paths(options, info, mode)
+    _log_to_file(os.path.join(log_dir, 'mainjob.log'))
+    api = services_api.Api(directory)
+    progress = runner.Progress(out)
+    progress.line('main job: %s; scenarios: %s; drivers: %s' % (
+        info.describe(), ', '.join(s.name for s in options.selected),
+        ', '.join(options.drivers)))
+    try:
+        all_results, info.settings = runner.run(
+            options.drivers, options.selected,
+            services.factory(directory, api), progress, log_dir)
+    finally:
+        restored = services.restore(directory, log_dir, progress)
+    status = _report(out, options, info, all_results, plot_path, json_path,
+                     log_dir)
+    return status if restored else 1
+
+
+def _report(out, options, info, all_results, plot_path, json_path, log_dir):
+    """The table, the plot, the JSON; the exit status."""
+    from mainjob import tables
     out.write('\n' + tables.format_table(info, all_results, options.drivers)
               + '\n')
     from mainjob import plot

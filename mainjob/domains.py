@@ -119,6 +119,20 @@ class DomainWatcher:
                 found.append((self._down_since, None))
         return found
 
+    def last(self, uuid, after):
+        """When the domain last changed state from ``after``, or None."""
+        with self._lock:
+            times = [when for when, seen, _ in self._changes
+                     if seen == uuid and when >= after]
+        return max(times) if times else None
+
+    def last_of(self, state):
+        """The last time any watched domain was seen in ``state``."""
+        with self._lock:
+            times = [when for when, _, name in self._changes
+                     if name in _MATCHES[state]]
+        return max(times) if times else None
+
     def seen(self, uuid):
         with self._lock:
             return ['%.2f %s' % (when, name)
@@ -228,6 +242,14 @@ class GuestSide:
                 'the watcher saw no %s domain; it saw: %s'
                 % (state, ', '.join(self.watcher.seen(server['id']))))
         return when
+
+    def guest(self, server):
+        """The :class:`~mainjob.scenarios.Guest` the server boots."""
+        return self._guests[server['id']]
+
+    def wait_state(self, server, state, after, timeout):
+        """When the domain was first seen in ``state`` from ``after``."""
+        return self._wait_state(server, state, after, timeout)
 
     def _wait_state(self, server, state, after, timeout):
         deadline = time.monotonic() + timeout

@@ -68,6 +68,8 @@ class RunInfo:
     mode: str             # 'threading' or 'eventlet'
     hypervisor: str       # 'fake' or a libvirt URI
     settings: dict = dataclasses.field(default_factory=dict)
+    # 'one-process' (Nova's functional fixtures) or 'services'.
+    deployment: str = 'one-process'
 
     @property
     def nova_major(self):
@@ -76,6 +78,9 @@ class RunInfo:
     def describe(self):
         where = ('nova\'s fake libvirt' if self.hypervisor == 'fake'
                  else 'libvirt %s (QEMU, TCG)' % self.hypervisor)
+        if self.deployment == 'services':
+            where = ('services of tools/services.sh (MariaDB, RabbitMQ, '
+                     'Keystone), %s' % where)
         return 'nova %s, %s mode, %s' % (self.nova_version, self.mode, where)
 
     def as_dict(self):

@@ -254,6 +254,122 @@ def graceful_shutdown(env, m):
     m.plugin_bound(total=env.settings['shutdown_timeout'] + 2 * STOP_BOUND)
 
 
+# Seconds the API may take to agree with libvirt again after an outage of
+# the compute, RabbitMQ or MariaDB (nova-compute's periodic tasks start up
+# to periodic_fuzzy_delay, 60 s, after it).
+OUTAGE_WAIT = 120.0
+# The compute's power-state sync interval in the MariaDB scenario (600 s
+# by default).
+SYNC_INTERVAL = 5
+
+
+def _poweroff_wait(env, server):
+    """Seconds to wait for a guest that powers off by itself."""
+    return env.hv.guest(server).poweroff_after + WAIT
+
+
+def _outage_during_power_off(env, m, server, service, then=None):
+    """``service`` down while the (ready) guest powers itself off.
+
+    The service is stopped at once, the guest's power-off must come after
+    that; ``then(changed)`` runs before the service is started again.
+    Returns the power-off time.
+    """
+    began = env.now()
+    env.stop_service(service)
+    down = env.now()
+    try:
+        changed = env.hv.wait_state(server, 'shutoff', began,
+                                    _poweroff_wait(env, server))
+        if changed < down:
+            raise ScenarioFailed('the guest powered off before %s was '
+                                 'stopped' % service)
+        if then is not None:
+            then(changed)
+    finally:
+        restarted = env.now()
+        env.start_service(service)
+        m.note('%s down %.1f s (stop %.1f s, start %.1f s)'
+               % (service, env.now() - down, down - began,
+                  env.now() - restarted))
+    return changed
+
+
+def compute_sigterm(env, m):
+    """SIGTERM to nova-compute during an event burst.
+
+    Four guests change state at once (a stop, a pause, a hard reboot, one
+    destroyed behind Nova's back) and nova-compute gets SIGTERM at once;
+    once it exited it is started again. Every server must then show in the
+    API what libvirt has, with no task in progress.
+    """
+    stopped = _boot_active(env, m)
+    paused = _boot_active(env, m, ready=False)
+    rebooted = _boot_active(env, m, ready=False)
+    destroyed = _boot_active(env, m, ready=False)
+    servers = [(stopped, 'stop'), (paused, 'pause'),
+               (rebooted, 'hard reboot'), (destroyed, 'destroyed')]
+    for server, label in servers:
+        m.expect_calls(server, 1 if label == 'destroyed' else 0)
+    burst = env.act(stopped, {'os-stop': None})
+    env.act(paused, {'pause': None})
+    env.act(rebooted, {'reboot': {'type': 'HARD'}})
+    env.hv.destroy(destroyed)
+    stopping = env.stop_compute_gracefully()
+    problems = stopping.finish(OUTAGE_WAIT)
+    if problems:
+        raise ScenarioFailed('; '.join(problems))
+    m.note('nova-compute exited %.1f s after SIGTERM' % stopping.seconds)
+    restarted = env.now()
+    env.start_service('nova-compute')
+    m.note('started again and up in the API in %.1f s'
+           % (env.now() - restarted))
+    shown = env.wait_consistent([s for s, _ in servers], OUTAGE_WAIT)
+    for server, label in servers:
+        changed = env.hv.last_change(server, burst) or burst
+        m.step(label, changed, shown, burst)
+    m.note('states match %.1f s after the compute\'s start'
+           % (shown - restarted))
+
+
+def rabbitmq_restart(env, m):
+    """RabbitMQ stopped and started while a guest powers itself off."""
+    server = _boot_active(env, m, Guest(poweroff_after=10))
+    m.expect_calls(server, 1)
+    changed = _outage_during_power_off(env, m, server, 'rabbitmq')
+    shown = env.wait_status(server, 'SHUTOFF', OUTAGE_WAIT)
+    m.step('power-off while RabbitMQ restarts', changed, shown)
+    env.wait_services_up()
+    env.accept_event_failures()
+
+
+def mariadb_restart_sync(env, m):
+    """MariaDB restarted during a periodic power-state sync.
+
+    nova-compute runs with sync_power_state_interval = 5 s; MariaDB is
+    stopped once a guest is ready, the guest powers itself off, MariaDB
+    stays down for one more interval (a sync runs while it is down), then
+    starts. Afterwards the API must agree with libvirt on both servers.
+    """
+    if env.settings['sync_power_state_interval'] != SYNC_INTERVAL:
+        env.restart_compute(sync_power_state_interval=SYNC_INTERVAL)
+    running = _boot_active(env, m, ready=False)
+    server = _boot_active(env, m, Guest(poweroff_after=8))
+    m.expect_calls(running, 0)
+    m.expect_calls(server, 1)
+    mark = env.compute_log_mark()
+    changed = _outage_during_power_off(
+        env, m, server, 'mariadb',
+        then=lambda changed: env.sleep_until(changed + SYNC_INTERVAL + 1))
+    shown = env.wait_status(server, 'SHUTOFF', OUTAGE_WAIT)
+    m.step('power-off while MariaDB restarts', changed, shown)
+    env.wait_consistent([running, server], OUTAGE_WAIT)
+    failed = env.failed_syncs_since(mark)
+    m.note('power-state syncs that failed on the outage: %d' % failed)
+    env.wait_services_up()
+    env.accept_event_failures()
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -261,6 +377,8 @@ class Scenario:
     run: object
     # Stops the compute service: runs last, after the others settled.
     stops_compute: bool = False
+    # Needs the deployment of tools/services.sh (real processes).
+    services_only: bool = False
 
 
 SCENARIOS = (
@@ -276,6 +394,12 @@ SCENARIOS = (
     Scenario('pause-resume', 'pause / resume', pause_resume),
     Scenario('libvirtd-restart', 'libvirtd restart, guest powers off',
              libvirtd_restart),
+    Scenario('compute-sigterm', 'nova-compute SIGTERM in an event burst',
+             compute_sigterm, services_only=True),
+    Scenario('rabbitmq-restart', 'RabbitMQ restart, guest powers off',
+             rabbitmq_restart, services_only=True),
+    Scenario('mariadb-restart', 'MariaDB restart during power sync',
+             mariadb_restart_sync, services_only=True),
     Scenario('graceful-shutdown', 'graceful compute stop during a stop',
              graceful_shutdown, stops_compute=True),
 )
@@ -283,12 +407,21 @@ SCENARIOS = (
 NAMES = tuple(s.name for s in SCENARIOS)
 
 
-def select(names=None):
-    """The scenarios named (all by default), in the catalogue's order."""
+def select(names=None, services=False):
+    """The scenarios named (all by default), in the catalogue's order.
+
+    ``services``: the deployment of tools/services.sh, which alone runs
+    the services-only scenarios.
+    """
+    available = [s for s in SCENARIOS if services or not s.services_only]
     if not names:
-        return list(SCENARIOS)
+        return available
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
         raise ValueError('unknown scenario(s): %s (known: %s)'
                          % (', '.join(unknown), ', '.join(NAMES)))
-    return [s for s in SCENARIOS if s.name in names]
+    elsewhere = sorted(set(names) - {s.name for s in available})
+    if elsewhere:
+        raise ValueError('%s: only with --deployment services'
+                         % ', '.join(elsewhere))
+    return [s for s in available if s.name in names]
