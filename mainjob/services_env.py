@@ -407,9 +407,13 @@ class ServicesEnvironment:
         deadline = self.now() + timeout
         while not self.compute_enabled():
             if self.now() >= deadline:
+                # The later scenarios need a compute that takes servers.
+                self.stop_service('nova-compute')
+                self.start_service('nova-compute')
                 raise scenarios.ScenarioFailed(
-                    'the compute service is still disabled %.0f s after '
-                    'libvirtd came back' % timeout)
+                    'the compute service was still disabled %.0f s after '
+                    'libvirtd came back (nova-compute restarted to go on)'
+                    % timeout)
             time.sleep(0.5)
 
     def manager_calls(self, uuid_):
