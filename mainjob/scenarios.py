@@ -325,6 +325,10 @@ def compute_sigterm(env, m):
     m.note('started again and up in the API in %.1f s'
            % (env.now() - restarted))
     shown = env.wait_consistent([s for s, _ in servers], OUTAGE_WAIT)
+    labels = {server['id']: label for server, label in servers}
+    m.note('at the first look after the start: %s' % (
+        '; '.join('%s: %s' % (labels[uuid], why) for uuid, why
+                  in sorted(env.first_mismatches.items())) or 'all agree'))
     for server, label in servers:
         changed = env.hv.last_change(server, burst) or burst
         m.step(label, changed, shown, burst)

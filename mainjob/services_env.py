@@ -191,6 +191,7 @@ class ServicesEnvironment:
         self.compute_log = os.path.join(directory, 'log', 'nova-compute.log')
         self.servers = []
         self.last_acted = None
+        self.first_mismatches = None
         self.compute_running = True
         self.compute_started = time.monotonic()
         self._tolerated = {}
@@ -323,10 +324,16 @@ class ServicesEnvironment:
         return found
 
     def wait_consistent(self, servers, timeout):
-        """Time the API last disagreed with libvirt on any of ``servers``."""
+        """Time the API agreed with libvirt on all of ``servers``.
+
+        ``first_mismatches`` keeps what disagreed at the first look.
+        """
         deadline = self.now() + timeout
+        self.first_mismatches = None
         while True:
             found = self.mismatches(servers)
+            if self.first_mismatches is None:
+                self.first_mismatches = found
             if not found:
                 return self.now()
             if self.now() >= deadline:
