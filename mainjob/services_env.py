@@ -41,6 +41,8 @@ SETTLE_WAIT = 30.0
 # connection: nova-compute's periodic tasks, every 60 s.
 RECONNECT_WAIT = {results.PLUGIN: scenarios.WAIT, results.UPSTREAM: 90.0}
 FLAVOR = 'lifecycle.tiny'
+# Seconds nova-compute may take to exit on SIGTERM (systemd's default).
+STOP_TIMEOUT = 90
 KERNEL, RAMDISK = 'nova-lifecycle-guest-kernel', 'nova-lifecycle-guest-ramdisk'
 
 
@@ -145,7 +147,11 @@ class PowerOffEntered:
 
 
 class ComputeStop:
-    """SIGTERM to nova-compute (``services.sh stop``), on its own process."""
+    """SIGTERM to nova-compute (``services.sh stop``), on its own process.
+
+    SIGKILL after :data:`STOP_TIMEOUT` s, as systemd's default
+    TimeoutStopSec would.
+    """
 
     def __init__(self, env):
         self._env = env
@@ -153,7 +159,9 @@ class ComputeStop:
         self._proc = subprocess.Popen(
             [services_api.SCRIPT, 'stop', 'nova-compute'],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=services_api.script_env(env.directory))
+            env=services_api.script_env(
+                env.directory,
+                {'NOVA_LIFECYCLE_SERVICES_STOP_TIMEOUT': str(STOP_TIMEOUT)}))
         self.seconds = None
 
     def finish(self, timeout):
@@ -162,6 +170,7 @@ class ComputeStop:
             out, _ = self._proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+            self.seconds = timeout
             return ['nova-compute did not stop within %.0f s' % timeout]
         self.seconds = time.monotonic() - self.started
         self._env.compute_running = False
@@ -171,8 +180,8 @@ class ComputeStop:
             problems.append('tools/services.sh stop nova-compute failed: %s'
                             % out.strip()[-300:])
         if 'ignored SIGTERM' in out:
-            problems.append('nova-compute ignored SIGTERM for 30 s and was '
-                            'killed')
+            problems.append('nova-compute had not exited %d s after SIGTERM '
+                            'and was killed' % STOP_TIMEOUT)
         return problems + self._env.plugin_problems(final=True)
 
 
@@ -472,4 +481,5 @@ def settings(options):
         'stopped_event_delay': lifecycle.stopped_event_delay,
         'sync_power_state_interval': int(
             options.get('sync_power_state_interval', 600)),
+        'periodic_fuzzy_delay': int(options.get('periodic_fuzzy_delay', 60)),
     }

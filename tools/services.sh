@@ -47,6 +47,8 @@
 #   NOVA_LIFECYCLE_SERVICES_VENV  the virtualenv; default $DIR/venv
 #   NOVA_LIFECYCLE_SERVICES_TIMEOUT  seconds to wait for one service
 #                                 (default 120)
+#   NOVA_LIFECYCLE_SERVICES_STOP_TIMEOUT  seconds a process may take to
+#                                 exit on SIGTERM before SIGKILL (30)
 #   NOVA_LIFECYCLE_<OPTION>       [lifecycle] options of nova-compute, as
 #                                 in devstack/settings
 #   PYTHON                        python for the virtualenv (python3)
@@ -56,6 +58,7 @@ TOP=$(cd "$(dirname "$0")/.." && pwd)
 STATE=$(realpath -m "${NOVA_LIFECYCLE_SERVICES_DIR:-/var/lib/nova-lifecycle-services}")
 VENV=${NOVA_LIFECYCLE_SERVICES_VENV:-$STATE/venv}
 TIMEOUT=${NOVA_LIFECYCLE_SERVICES_TIMEOUT:-120}
+STOP_TIMEOUT=${NOVA_LIFECYCLE_SERVICES_STOP_TIMEOUT:-30}
 PYTHON=${PYTHON:-python3}
 CONSTRAINTS=$TOP/constraints/upper-constraints-2026.2.txt
 ETC=$STATE/etc
@@ -998,16 +1001,16 @@ destroy_domains() {
     done
 }
 
-# stop_pid <name> <pid>: TERM, wait up to 30 s, KILL.
+# stop_pid <name> <pid>: TERM, wait up to $STOP_TIMEOUT s, KILL.
 stop_pid() {
     local name=$1 pid=$2 deadline
-    deadline=$((SECONDS + 30))
+    deadline=$((SECONDS + STOP_TIMEOUT))
     kill -TERM "$pid" 2>/dev/null || return 0
     while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 0.2
     done
     if alive "$pid"; then
-        say "$name (pid $pid) ignored SIGTERM for 30 s: SIGKILL"
+        say "$name (pid $pid) ignored SIGTERM for $STOP_TIMEOUT s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
 }
