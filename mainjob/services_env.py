@@ -165,7 +165,11 @@ class ComputeStop:
         self.seconds = None
 
     def finish(self, timeout):
-        """Wait until nova-compute exited; what went wrong, if anything."""
+        """Wait until nova-compute exited; what went wrong, if anything.
+
+        At least until the script's SIGKILL, whatever ``timeout`` says.
+        """
+        timeout = max(timeout, STOP_TIMEOUT + 15)
         try:
             out, _ = self._proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
