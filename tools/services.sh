@@ -1097,7 +1097,7 @@ do_down() {
         fail "processes of $STATE still running (above)"
     fi
     # The same by name, whoever started them: reported, not stopped.
-    left=$(ps -eo pid=,comm=,args= | awk '$2 ~ /^(mariadbd|mysqld|beam\.smp|epmd|erl_child_setup|inet_gethost|gunicorn|privsep-helper)$/ || $0 ~ /bin\/(nova|neutron|glance|keystone|placement)-/' | cut -c1-120)
+    left=$(ps -eo pid=,comm=,args= | awk '$0 !~ /<defunct>/ && $2 ~ /^(mariadbd|mysqld|beam\.smp|epmd|erl_child_setup|inet_gethost|gunicorn|privsep-helper)$/ || $0 ~ /bin\/(nova|neutron|glance|keystone|placement)-/' | cut -c1-120)
     if [ -n "$left" ]; then
         say "process check: not ours, left running:"
         echo "$left"
