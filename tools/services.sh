@@ -579,6 +579,8 @@ transport_url = $(transport_url)
 state_path = $DATA/nova
 instances_path = $DATA/nova/instances
 my_ip = $HOST_IP
+# One host: a resize (tools/tempest.sh) goes to the same host.
+allow_resize_to_same_host = true
 [oslo_concurrency]
 lock_path = $DATA/lock
 [oslo_messaging_notifications]
