@@ -68,6 +68,7 @@ RESULTS=$TDIR/results
 # tempest.conf names.
 SVENV=${NOVA_LIFECYCLE_SERVICES_VENV:-$STATE/venv}
 ALT_FLAVOR=lifecycle.tiny.alt
+GUEST_IMAGE=nova-lifecycle-guest-tempest
 START_ALL=$EPOCHREALTIME
 
 say() { echo "tempest: $*"; }
@@ -141,21 +142,34 @@ os_python() {
         "$SVENV/bin/python" - "$@"
 }
 
-# Prints "<image id> <flavor id> <alt flavor id>": the test guest of
-# services.sh, its flavor, and a larger one for the resizes (created once).
+# Prints "<image id> <flavor id> <alt flavor id>": the test guest for
+# Tempest, its flavor, and a larger one for the resizes (both created
+# once). The guest is services.sh's, booted without "quiet": Tempest's
+# console output tests want more than 3 lines, and with "quiet" the guest
+# prints one.
 lookup_resources() {
-    os_python "$ALT_FLAVOR" <<'EOF'
+    os_python "$GUEST_IMAGE" "$ALT_FLAVOR" "$STATE/data/root.img" <<'EOF'
 import sys
 import openstack
 
 conn = openstack.connect()
-image = conn.image.find_image('nova-lifecycle-guest', ignore_missing=False)
+name, alt_name, root = sys.argv[1:4]
+guest = conn.image.find_image('nova-lifecycle-guest', ignore_missing=False)
+image = conn.image.find_image(name)
+if image is not None and image.status != 'active':
+    conn.image.delete_image(image)
+    image = None
+if image is None:
+    image = conn.create_image(
+        name, filename=root, disk_format='raw', container_format='bare',
+        visibility='public', wait=True, kernel_id=guest.kernel_id,
+        ramdisk_id=guest.ramdisk_id, os_command_line='console=ttyS0 panic=0')
 flavor = conn.compute.find_flavor('lifecycle.tiny', ignore_missing=False)
-alt = conn.compute.find_flavor(sys.argv[1])
+alt = conn.compute.find_flavor(alt_name)
 if alt is None:
     # As lifecycle.tiny (the guest needs 512 MiB under TCG) but larger, as
     # Tempest's resize tests expect of flavor_ref_alt.
-    alt = conn.compute.create_flavor(name=sys.argv[1], ram=640, vcpus=1,
+    alt = conn.compute.create_flavor(name=alt_name, ram=640, vcpus=1,
                                      disk=2)
 print(image.id, flavor.id, alt.id)
 EOF
@@ -283,9 +297,10 @@ sample_rss() {
     done
 }
 
-# Servers, tempest projects and images left over by a run; deletes the
-# servers (so the next driver starts clean). Exit status 1 when a server
-# was left.
+# Servers, Tempest's projects and users, and images left over by a run
+# (Tempest deletes all it made unless a test or its worker died). Deletes
+# the servers, projects and users, so the next driver starts clean; exit
+# status 1 when anything was left.
 check_leftovers() {
     os_python <<'EOF'
 import sys
@@ -293,23 +308,31 @@ import time
 import openstack
 
 conn = openstack.connect()
+idn = conn.identity
 servers = list(conn.compute.servers(all_projects=True))
-projects = [p.name for p in conn.identity.projects()
-            if p.name.startswith('tempest-')]
+projects = [p for p in idn.projects() if p.name.startswith('tempest-')]
+users = [u for u in idn.users() if u.name.startswith('tempest-')]
 images = [i.name for i in conn.image.images()
           if not i.name.startswith('nova-lifecycle-guest')]
-print('tempest: left over: %d server(s), %d tempest project(s), '
-      '%d other image(s)' % (len(servers), len(projects), len(images)))
+print('tempest: left over: %d server(s), %d project(s) and %d user(s) of '
+      'Tempest, %d other image(s)'
+      % (len(servers), len(projects), len(users), len(images)))
 for s in servers:
     print('tempest:   server %s %s %s' % (s.id, s.name, s.status))
     conn.compute.delete_server(s, force=True)
-for name in projects + images:
-    print('tempest:   %s' % name)
+for name in images:
+    print('tempest:   image %s' % name)
+left = bool(servers or projects or users or images)
 deadline = time.time() + 120
 while servers and time.time() < deadline:
     servers = list(conn.compute.servers(all_projects=True))
     time.sleep(1)
-sys.exit(1 if projects or images or servers else 0)
+for p in projects:
+    print('tempest:   project %s' % p.name)
+    idn.delete_project(p)
+for u in users:
+    idn.delete_user(u)
+sys.exit(1 if left else 0)
 EOF
 }
 
