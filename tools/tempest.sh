@@ -433,8 +433,8 @@ run_driver() {
 # when a test failed on the plugin (or passed on upstream only).
 do_report() {
     [ -s "$RESULTS/plugin.tsv" ] || { say "no plugin results"; return 0; }
-    "$TVENV/bin/python" - "$RESULTS/plugin.tsv" "$RESULTS/upstream.tsv" \
-        <<'EOF'
+    local tsv=$RESULTS
+    "$TVENV/bin/python" - "$tsv/plugin.tsv" "$tsv/upstream.tsv" <<'EOF'
 import os
 import sys
 
