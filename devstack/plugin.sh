@@ -35,6 +35,7 @@ set -o xtrace
 # unset variable leaves the option out, so the plugin's default applies.
 NOVA_LIFECYCLE_OPTIONS="stopped_event_delay:float fast_stopped_events:bool"
 NOVA_LIFECYCLE_OPTIONS+=" stopped_event_grace:float dispatch_workers:int"
+NOVA_LIFECYCLE_OPTIONS+=" delivery_retries:int delivery_retry_interval:float"
 NOVA_LIFECYCLE_OPTIONS+=" stats_log_interval:int stall_timeout:int"
 NOVA_LIFECYCLE_OPTIONS+=" metrics_textfile:path metrics_interval:int"
 

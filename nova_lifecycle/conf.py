@@ -86,6 +86,31 @@ Handling an event mostly waits on the database and the conductor, so more
 workers than cores pay off; each one may hold a database connection.
 """),
     cfg.IntOpt(
+        'delivery_retries',
+        default=5,
+        min=0,
+        help="""
+Times a lifecycle event is handed to the compute manager again when its
+handling failed because the message bus or the database could not be
+reached (a timeout or a lost connection on the way to nova-conductor).
+
+Without it such an event is lost, and Nova shows the instance in its old
+power state until the next periodic power state sync (up to
+``[DEFAULT] sync_power_state_interval`` later). A later event of the same
+instance replaces the one waiting; nova-compute stopping drops it, and the
+sync at the next start-up reconciles the instance. Other errors are not
+retried. 0 turns retries off.
+"""),
+    cfg.FloatOpt(
+        'delivery_retry_interval',
+        default=2.0,
+        min=0.1,
+        help="""
+Seconds before the first new attempt of ``delivery_retries``; each further
+attempt waits twice as long as the one before (2, 4, 8, 16, 32 seconds
+with the defaults).
+"""),
+    cfg.IntOpt(
         'stats_log_interval',
         default=0,
         min=0,

@@ -490,7 +490,8 @@ lifecycle_section() {
     local name var
     echo "[lifecycle]"
     for name in stopped_event_delay fast_stopped_events stopped_event_grace \
-            dispatch_workers stats_log_interval stall_timeout \
+            dispatch_workers delivery_retries delivery_retry_interval \
+            stats_log_interval stall_timeout \
             metrics_textfile metrics_interval; do
         var=NOVA_LIFECYCLE_${name^^}
         if [ -n "${!var:-}" ]; then

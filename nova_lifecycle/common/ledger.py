@@ -28,14 +28,19 @@ import time
 
 
 class Entry:
-    """One event's place in the ledger; ends once."""
+    """One event's place in the ledger; ends once.
 
-    __slots__ = ('_ledger', '_open', 'opened_at')
+    ``retries``: how many times its owner tried the event again after a
+    failure (the owner counts; the ledger only keeps the number).
+    """
+
+    __slots__ = ('_ledger', '_open', 'opened_at', 'retries')
 
     def __init__(self, ledger, opened_at):
         self._ledger = ledger
         self._open = True
         self.opened_at = opened_at
+        self.retries = 0
 
     def deliver(self):
         """The event reached its handler. False if it had already ended."""

@@ -16,7 +16,9 @@ A reboot sends STOPPED then STARTED. Nova holds every STOPPED for a while
 so the STARTED can cancel it; :class:`HeldStops` is that rule around one
 dict, with the plugin's additions: the hold's length is chosen per event,
 a hold can be brought forward when the driver's operations on the
-instance end, and nothing held is lost at shutdown.
+instance end, an event whose delivery failed for a passing reason waits
+there for its next attempt (:meth:`HeldStops.hold_again`), and nothing
+held is lost at shutdown.
 
 Whoever takes a hold out of the dict ends its ledger entry: the timer
 (handing the event on), a later event (cancelled, superseded) or
@@ -37,13 +39,14 @@ REASON_SHUTDOWN = 'shutdown'
 
 
 class _Hold:
-    __slots__ = ('event', 'entry', 'deadline', 'timer')
+    __slots__ = ('event', 'entry', 'deadline', 'timer', 'retry')
 
-    def __init__(self, event, entry, deadline):
+    def __init__(self, event, entry, deadline, retry=False):
         self.event = event
         self.entry = entry
         self.deadline = deadline
         self.timer = None
+        self.retry = retry
 
 
 def is_stopped(event):
@@ -65,8 +68,17 @@ class HeldStops:
     def __init__(self, forward, name, clock=time.monotonic):
         self._forward = forward
         self._clock = clock
-        self._lock = threading.Lock()
+        # Re-entered when the event handed on ends at once (its entry
+        # settled, or held again, within ``forward``).
+        self._lock = threading.RLock()
         self._held = {}
+        # The last lifecycle event admitted per instance, until it ends:
+        # only that one may be delivered again after a failure. Its own
+        # lock, taken last and never held while calling out: an entry may
+        # end on any thread, an executor's included, while it holds locks
+        # of its own.
+        self._latest = {}
+        self._latest_lock = threading.Lock()
         self._timer = delayed.DelayedExecutor(name)
         self._closed = False
 
@@ -84,6 +96,8 @@ class HeldStops:
                 closed = False
                 if isinstance(event, virtevent.LifecycleEvent):
                     superseded = self._held.pop(event.uuid, None)
+                    with self._latest_lock:
+                        self._latest[event.uuid] = event
                 if is_stopped(event):
                     self._hold(event, entry, hold_for(event))
                 else:
@@ -95,17 +109,44 @@ class HeldStops:
         if superseded is not None:
             superseded.timer.cancel()
             reason = 'superseded by %s' % event.get_name()
-            LOG.debug('STOPPED event for instance %s cancelled: %s',
-                      event.uuid, reason)
+            LOG.debug('%s event for instance %s cancelled: %s',
+                      superseded.event.get_name() if superseded.retry
+                      else 'STOPPED', event.uuid, reason)
             superseded.entry.cancel(reason)
 
-    def _hold(self, event, entry, delay):
-        hold = _Hold(event, entry, self._clock() + delay)
+    def hold_again(self, event, entry, delay):
+        """Hold an event whose delivery failed, to hand it on after ``delay``.
+
+        Only the instance's last lifecycle event is held again, and a later
+        event ends the hold as it ends a held STOPPED.
+
+        :returns: None when held; else the reason it is not (the caller
+            ends the entry): superseded by a later event, or shutdown.
+        """
+        with self._lock:
+            if self._closed:
+                return REASON_SHUTDOWN
+            with self._latest_lock:
+                latest = self._latest.get(event.uuid)
+            if latest is not event:
+                return 'superseded by %s' % (
+                    latest.get_name() if latest is not None else 'an event')
+            self._hold(event, entry, delay, retry=True)
+        return None
+
+    def ended(self, event):
+        """``event`` has ended: forget it as its instance's last event."""
+        with self._latest_lock:
+            if self._latest.get(event.uuid) is event:
+                del self._latest[event.uuid]
+
+    def _hold(self, event, entry, delay, retry=False):
+        hold = _Hold(event, entry, self._clock() + delay, retry)
         try:
             hold.timer = self._timer.submit_after(delay, self._due, hold)
         except RuntimeError as exc:
-            LOG.error('Cannot hold STOPPED event for instance %s: %s',
-                      event.uuid, exc)
+            LOG.error('Cannot hold %s event for instance %s: %s',
+                      event.get_name(), event.uuid, exc)
             entry.fail(exc)
             return
         self._held[event.uuid] = hold
@@ -136,11 +177,16 @@ class HeldStops:
         old.cancel()
         return True
 
-    def held(self):
-        """(instance uuid, seconds left) per held STOPPED, soonest first."""
+    def held(self, retries=False):
+        """(instance uuid, seconds left) per held STOPPED, soonest first.
+
+        With ``retries``: per event waiting to be delivered again instead.
+        """
         now = self._clock()
         with self._lock:
-            holds = sorted(self._held.values(), key=lambda h: h.deadline)
+            holds = sorted((h for h in self._held.values()
+                            if h.retry == retries),
+                           key=lambda h: h.deadline)
         return [(h.event.uuid, max(0.0, h.deadline - now)) for h in holds]
 
     def __len__(self):
@@ -148,15 +194,19 @@ class HeldStops:
             return len(self._held)
 
     def close(self):
-        """Cancel every held STOPPED, one log line each; stop the timer."""
+        """Cancel every held event, one log line each; stop the timer."""
         with self._lock:
             self._closed = True
             holds, self._held = list(self._held.values()), {}
+            with self._latest_lock:
+                self._latest.clear()
         for hold in holds:
             hold.timer.cancel()
-            LOG.info('Pending STOPPED event for instance %s dropped by '
+            LOG.info('Pending %s event for instance %s dropped by '
                      'shutdown; the power state sync at the next start-up '
-                     'reconciles it.', hold.event.uuid)
+                     'reconciles it.',
+                     'STOPPED' if not hold.retry else hold.event.get_name(),
+                     hold.event.uuid)
             hold.entry.cancel(REASON_SHUTDOWN)
         self._timer.shutdown(wait=True, cancel_futures=True)
 

@@ -20,6 +20,8 @@
       -> dispatch: per-instance order on a bounded pool
       -> deliver (the driver's call into the compute manager); a STOPPED
          is first checked against the live domain
+      -> a delivery that failed for a passing reason (the message bus or
+         the database away) goes back to the holds for another attempt
 
 :class:`EventPath` owns every stage and its threads; the driver gives it
 the ``[lifecycle]`` options and two functions, and uses :meth:`queue`,
@@ -78,6 +80,9 @@ class PathStatus:
     ``delivery_latency``: seconds from libvirt's callback to the start of
     the handler, a histogram (``Histogram.snapshot``; a STOPPED's includes
     its hold);
+    ``retrying``: (instance uuid, seconds left) per event waiting to be
+    delivered again after a failure; ``retries``: attempts made again,
+    by the error that made them necessary;
     ``threads``: the path's threads still running.
     """
 
@@ -89,6 +94,8 @@ class PathStatus:
     stop_waiters: int
     stopped_by_reason: dict
     delivery_latency: dict
+    retrying: list
+    retries: dict
     threads: list
 
 
@@ -104,13 +111,19 @@ class EventPath:
         the domain, None if there is none; read before a held STOPPED is
         delivered.
     :param green: True under eventlet.
+    :param retryable: ``retryable(error)`` -> True when a delivery that
+        raised ``error`` may succeed later (``conf.delivery_retries``
+        attempts more, ``conf.delivery_retry_interval`` apart, doubling).
     :param name: prefix of the path's thread names.
 
     No thread starts before :meth:`start`; :meth:`stop` ends them all.
     """
 
-    def __init__(self, conf, deliver, live_state, green, name='lifecycle'):
+    def __init__(self, conf, deliver, live_state, green,
+                 retryable=lambda error: False, name='lifecycle'):
+        self._conf = conf
         self._deliver = deliver
+        self._retryable = retryable
         self._name = name
         self._ledger = ledger.EventLedger()
         self._operations = operations.DriverOperations(
@@ -129,6 +142,8 @@ class EventPath:
         self._stop_reasons = collections.Counter()
         self._stop_reasons_lock = threading.Lock()
         self._latency = histogram.Histogram()
+        # Failed deliveries tried again, by error.
+        self._retries = collections.Counter()
         self._started = False
         self._stopped = False
         self._green = green
@@ -213,6 +228,8 @@ class EventPath:
             stop_waiters=self._stop_waiters.waiting(),
             stopped_by_reason=self._stopped_by_reason(),
             delivery_latency=self._latency.snapshot(),
+            retrying=self._holds.held(retries=True),
+            retries=self._retries_by_error(),
             threads=self.threads_alive())
 
     def _counts(self):
@@ -255,6 +272,10 @@ class EventPath:
     def _stopped_by_reason(self):
         with self._stop_reasons_lock:
             return dict(self._stop_reasons)
+
+    def _retries_by_error(self):
+        with self._stop_reasons_lock:
+            return dict(self._retries)
 
     def threads_alive(self):
         """Names of the path's threads still running."""
@@ -341,7 +362,9 @@ class EventPath:
         if holds.is_stopped(event):
             run = self._deliver_stopped
         try:
-            future = self._dispatcher.submit(event.uuid, run, event)
+            # The latency is the first attempt's.
+            future = self._dispatcher.submit(event.uuid, run, event,
+                                             not entry.retries)
         except RuntimeError as exc:
             LOG.error('Cannot dispatch event %s for instance %s: %s',
                       event, event.uuid, exc)
@@ -350,14 +373,14 @@ class EventPath:
         future.add_done_callback(functools.partial(self._settle, event,
                                                    entry))
 
-    def _deliver_timed(self, event):
+    def _deliver_timed(self, event, observe=True):
         """Deliver, noting how long after libvirt's callback it started."""
         received_at = getattr(event, 'received_at', None)
-        if received_at is not None:
+        if observe and received_at is not None:
             self._latency.observe(time.monotonic() - received_at)
         return self._deliver(event)
 
-    def _deliver_stopped(self, event):
+    def _deliver_stopped(self, event, observe=True):
         """Deliver a STOPPED only if a look at the domain still agrees.
 
         :returns: what ``deliver`` returns, or the reason not to deliver.
@@ -365,7 +388,7 @@ class EventPath:
         reason = self._policy.recheck(event)
         if reason:
             return reason
-        delivered = self._deliver_timed(event)
+        delivered = self._deliver_timed(event, observe)
         if delivered is True:
             why = libvirt_events.stop_reason(event)
             operation = self._policy.explaining_operation(event.uuid)
@@ -388,12 +411,22 @@ class EventPath:
         if future.cancelled():
             LOG.info('Event %s for instance %s dropped by shutdown.',
                      event, event.uuid)
+            self._holds.ended(event)
             entry.cancel(REASON_SHUTDOWN)
             return
         error = future.exception()
+        if error is not None and self._try_again(event, entry, error):
+            return
+        self._holds.ended(event)
         if error is not None:
-            LOG.error('Handling event %s for instance %s failed: %s',
-                      event, event.uuid, error, exc_info=error)
+            if entry.retries:
+                LOG.error('Handling event %s for instance %s failed after %d '
+                          'more attempts: %s; the periodic power state sync '
+                          'reconciles it.', event, event.uuid, entry.retries,
+                          error, exc_info=error)
+            else:
+                LOG.error('Handling event %s for instance %s failed: %s',
+                          event, event.uuid, error, exc_info=error)
             entry.fail(error)
         elif isinstance(future.result(), str):
             LOG.info('Event %s for instance %s not delivered: %s.',
@@ -412,3 +445,31 @@ class EventPath:
             LOG.debug('No listener for event %s of instance %s; dropped.',
                       event, event.uuid)
             entry.cancel(REASON_NO_LISTENER)
+
+    def _try_again(self, event, entry, error):
+        """Hold a failed event for another attempt if the error may pass.
+
+        :returns: True when the entry stays open (held, or ended here as
+            superseded or by shutdown); False to end it as failed.
+        """
+        attempts = entry.retries
+        if (self._stopped or not self._retryable(error) or
+                attempts >= self._conf.delivery_retries):
+            return False
+        delay = self._conf.delivery_retry_interval * 2 ** attempts
+        not_held = self._holds.hold_again(event, entry, delay)
+        if not_held is not None:
+            self._holds.ended(event)
+            LOG.warning('Handling event %s for instance %s failed: %s; not '
+                        'tried again: %s.', event, event.uuid, error,
+                        not_held)
+            entry.cancel(not_held)
+            return True
+        entry.retries = attempts + 1
+        with self._stop_reasons_lock:
+            self._retries[type(error).__name__] += 1
+        LOG.warning('Handling event %s for instance %s failed: %s; trying '
+                    'again in %.1fs (attempt %d of %d).', event, event.uuid,
+                    error, delay, attempts + 2,
+                    self._conf.delivery_retries + 1)
+        return True

@@ -28,6 +28,7 @@ from nova.virt.libvirt import event as libvirtevent
 from oslo_log import log as logging
 
 from nova_lifecycle.common import background
+from nova_lifecycle.compute import errors
 from nova_lifecycle.compute import hooks
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf
@@ -79,7 +80,8 @@ class LibvirtLifecycleDriver(libvirt_driver.LibvirtDriver):
         lifecycle_host.check_concurrency_mode()
         self.event_path = path.EventPath(
             CONF.lifecycle, self._deliver_event, self._live_domain_state,
-            green=not concurrency.threading_mode())
+            green=not concurrency.threading_mode(),
+            retryable=errors.may_pass)
         # Upstream built its Host through its own name; keep it and give it
         # the plugin's event handling (see virt/host.py).
         self.event_handler = lifecycle_host.adopt(self._host,

@@ -80,6 +80,20 @@ def _families(driver):
         len(path.held))
 
     yield _single(
+        core.GaugeMetricFamily, 'events_awaiting_retry',
+        'Events whose delivery failed for a passing reason (message bus or '
+        'database away), waiting for their next attempt.',
+        len(path.retrying))
+
+    retries = core.CounterMetricFamily(
+        PREFIX + 'delivery_retries',
+        'Deliveries tried again, by the error of the attempt before.',
+        labels=['error'])
+    for error, number in sorted(path.retries.items()):
+        retries.add_metric([error], number)
+    yield retries
+
+    yield _single(
         core.GaugeMetricFamily, 'dispatch_queue_depth',
         'Events waiting for a dispatch worker.',
         path.dispatch_queue)

@@ -49,6 +49,10 @@ def status(driver):
         'held STOPPED events': {
             uuid: 'delivered in %.1fs unless superseded' % remaining
             for uuid, remaining in path.held},
+        'events to deliver again after a failure': {
+            uuid: 'next attempt in %.1fs unless superseded' % remaining
+            for uuid, remaining in path.retrying},
+        'new attempts, by the error before them': path.retries,
         'dispatch queue': path.dispatch_queue,
         'instances being dispatched': path.dispatching,
         'driver operations': path.operations,

@@ -22,6 +22,7 @@ from nova.virt import event as virtevent
 from nova.virt import fake
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import host as nova_host
+import oslo_messaging as messaging
 
 from nova_lifecycle import concurrency
 from nova_lifecycle import conf  # noqa: F401 (registers [lifecycle])
@@ -174,6 +175,31 @@ class EventPathTest(DriverTestCase):
         self.assertEqual(virtevent.EVENT_LIFECYCLE_STARTED, event.transition)
         self.assertEqual('STARTED_BOOTED', event.detail_name)
         self.assertNotEqual(libvirt_loop.THREAD_NAME, self.listener.threads[0])
+
+    def test_an_event_nova_failed_to_reach_the_conductor_with_is_retried(
+            self):
+        # RabbitMQ away: Nova's handler times out on its conductor call.
+        self.flags(delivery_retry_interval=0.1, group='lifecycle')
+        failures = []
+
+        def conductor_away_once(event):
+            if not failures:
+                failures.append(event)
+                raise messaging.MessagingTimeout('Timed out waiting for a '
+                                                 'reply')
+            self.listener(event)
+
+        self.driver.register_event_listener(conductor_away_once)
+        conn = self.start_events()
+        conn.createXML(DOMAIN_XML, 0)
+        self.assertTrue(self.listener.wait_for(1))
+        self.assertIs(failures[0], self.listener.events[0])
+        path = self.driver.event_path
+        self.assertTrue(path.wait_for_counts(
+            lambda c: c['delivered'] == 1 and c['pending'] == 0, WAIT))
+        status = path.status()
+        self.assertNotIn('MessagingTimeout', status.counts['failed_by_error'])
+        self.assertEqual({'MessagingTimeout': 1}, status.retries)
 
     def test_stopped_waits_and_a_reboot_cancels_it(self):
         self.flags(stopped_event_delay=60, group='lifecycle')

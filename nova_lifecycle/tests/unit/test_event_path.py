@@ -55,11 +55,14 @@ class Conf:
     held ``stopped_event_delay`` and never re-checked, as upstream.
     """
 
-    def __init__(self, delay=60.0, workers=4, fast=False, grace=1.0):
+    def __init__(self, delay=60.0, workers=4, fast=False, grace=1.0,
+                 retries=2, retry_interval=0.01):
         self.stopped_event_delay = delay
         self.dispatch_workers = workers
         self.fast_stopped_events = fast
         self.stopped_event_grace = grace
+        self.delivery_retries = retries
+        self.delivery_retry_interval = retry_interval
 
 
 def no_domain(uuid):
@@ -76,6 +79,9 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
         self.fail_for = set()
+        # Transitions that fail with PassingError this many more times.
+        self.fail_passing = {}
+        self.failures = 0
         self.listening = True
         self.delivered = threading.Condition(self.lock)
 
@@ -83,8 +89,15 @@ class Recorder:
         self.gate.wait(WAIT)
         if not self.listening:
             return False
-        if getattr(event, 'transition', None) in self.fail_for:
+        transition = getattr(event, 'transition', None)
+        if transition in self.fail_for:
             raise RuntimeError('listener failed on %s' % event.get_name())
+        with self.lock:
+            if self.fail_passing.get(transition, 0) > 0:
+                self.fail_passing[transition] -= 1
+                self.failures += 1
+                self.delivered.notify_all()
+                raise PassingError('conductor away on %s' % event.get_name())
         with self.lock:
             self.events.append(event)
             self.threads.append(threading.current_thread().name)
@@ -104,6 +117,14 @@ class Recorder:
                     if uuid is None or e.uuid == uuid]
 
 
+class PassingError(Exception):
+    """A failure the path is told may pass (as a MessagingTimeout)."""
+
+
+def may_pass(error):
+    return isinstance(error, PassingError)
+
+
 class EventPathTestCase(base.TestCase):
 
     def setUp(self):
@@ -113,10 +134,12 @@ class EventPathTestCase(base.TestCase):
         self.recorder = Recorder()
         self.listener = self.recorder
 
-    def make(self, delay=60.0, workers=4, live_state=no_domain, **conf):
+    def make(self, delay=60.0, workers=4, live_state=no_domain,
+             retryable=may_pass, **conf):
         p = event_path.EventPath(
             Conf(delay, workers, **conf), lambda e: self.listener(e),
-            live_state, green=not concurrency.threading_mode())
+            live_state, green=not concurrency.threading_mode(),
+            retryable=retryable)
         p.start()
         self.addCleanup(self.assert_balanced, p)
         self.addCleanup(p.stop)
@@ -363,6 +386,101 @@ class BadInputTest(EventPathTestCase):
         self.assertEqual({'TypeError': 1}, stats['failed_by_error'])
         self.assertIn('not an instance event', self.logs.output)
         self.assertEqual([], self.recorder.events)
+
+
+class RetryTest(EventPathTestCase):
+    """A delivery that failed for a passing reason is tried again."""
+
+    def wait_failures(self, count):
+        with self.recorder.lock:
+            self.assertTrue(self.recorder.delivered.wait_for(
+                lambda: self.recorder.failures >= count, WAIT))
+
+    def test_an_event_is_delivered_once_the_error_passes(self):
+        p = self.make(delay=0, retries=3)
+        self.recorder.fail_passing = {STOPPED: 2}
+        p.queue(lifecycle(UUID_A, STOPPED))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual(1, stats['delivered'])
+        self.assertEqual(0, stats['failed'])
+        self.assertEqual([STOPPED], self.recorder.transitions(UUID_A))
+        status = p.status()
+        self.assertEqual({'PassingError': 2}, status.retries)
+        self.assertEqual([], status.retrying)
+        # The latency is observed once, on the first attempt.
+        self.assertEqual(1, status.delivery_latency['count'])
+        self.assertIn('trying again in 0.0s (attempt 2 of 4)',
+                      self.logs.output)
+        self.assertIn(UUID_A, self.logs.output)
+
+    def test_it_fails_with_the_error_after_the_last_attempt(self):
+        p = self.make(retries=2)
+        self.recorder.fail_passing = {PAUSED: 10}
+        paused = lifecycle(UUID_A, PAUSED)
+        p.queue(paused)
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'PassingError': 1}, stats['failed_by_error'])
+        self.assertEqual(3, self.recorder.failures)
+        self.assertEqual({'PassingError': 2}, p.status().retries)
+        self.assertIn('Handling event %s for instance %s failed after 2 '
+                      'more attempts' % (paused, UUID_A),
+                      self.logs.output)
+
+    def test_other_errors_fail_at_once(self):
+        p = self.make(retries=5)
+        self.recorder.fail_for = {PAUSED}
+        p.queue(lifecycle(UUID_A, PAUSED))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'RuntimeError': 1}, stats['failed_by_error'])
+        self.assertEqual({}, p.status().retries)
+
+    def test_retries_off(self):
+        p = self.make(retries=0)
+        self.recorder.fail_passing = {PAUSED: 1}
+        p.queue(lifecycle(UUID_A, PAUSED))
+        stats = self.wait_ended(p, 1)
+        self.assertEqual({'PassingError': 1}, stats['failed_by_error'])
+
+    def test_a_later_event_replaces_the_one_waiting(self):
+        # Whether RESUMED comes before or after PAUSED's failure is
+        # settled, PAUSED must not reach Nova after it.
+        p = self.make(retries=3, retry_interval=3600)
+        self.recorder.fail_passing = {PAUSED: 1}
+        p.queue(lifecycle(UUID_A, PAUSED))
+        self.wait_failures(1)
+        p.queue(lifecycle(UUID_A, RESUMED))
+        stats = self.wait_ended(p, 2)
+        self.assertEqual({'superseded by Resumed': 1},
+                         stats['cancelled_by_reason'])
+        self.assertEqual([RESUMED], self.recorder.transitions(UUID_A))
+        self.assertEqual([], p.status().retrying)
+
+    def test_an_event_waiting_shows_in_the_status(self):
+        p = self.make(retries=3, retry_interval=3600)
+        self.recorder.fail_passing = {PAUSED: 1}
+        p.queue(lifecycle(UUID_A, PAUSED))
+        # A later event of the instance that is not a lifecycle event runs
+        # after the failure was settled, and replaces nothing.
+        p.queue(virtevent.InstanceEvent(UUID_A))
+        self.assertTrue(p.wait_for_counts(lambda c: c['delivered'] == 1,
+                                          WAIT))
+        status = p.status()
+        self.assertEqual([UUID_A], [uuid for uuid, _ in status.retrying])
+        self.assertEqual([], status.held)
+        self.assertEqual(1, status.counts['pending'])
+
+    def test_shutdown_drops_an_event_waiting_with_a_line(self):
+        p = self.make(retries=3, retry_interval=3600)
+        self.recorder.fail_passing = {PAUSED: 1}
+        p.queue(lifecycle(UUID_A, PAUSED))
+        p.queue(virtevent.InstanceEvent(UUID_A))
+        self.recorder.wait_for(1)
+        p.stop()
+        stats = p.status().counts
+        self.assertEqual({'shutdown': 1}, stats['cancelled_by_reason'])
+        self.assertIn('Pending Paused event for instance %s dropped by '
+                      'shutdown' % UUID_A, self.logs.output)
+        self.assertEqual([], concurrency.plugin_threads())
 
 
 class ShutdownTest(EventPathTestCase):

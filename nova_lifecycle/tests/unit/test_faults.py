@@ -331,44 +331,106 @@ class ManagerFaultTestCase(FaultTestCase):
 
 
 class HandlerFaultTest(ManagerFaultTestCase):
-    """The manager's handler raises: the event fails, the next one runs."""
+    """The manager's handler raises; the next event still runs.
+
+    An error that may pass (message bus, database) makes the path try the
+    event again; any other fails it at once.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.flags(delivery_retries=2, delivery_retry_interval=0.1,
+                   group='lifecycle')
+
+    def saves_fail(self, error, times):
+        """The next ``times`` saves raise ``error``; the row stays as it was.
+
+        Each attempt reads the instance again, as it would from the
+        database: a failed save must not leave Nova's change in it.
+        """
+        left = [times]
+        fields = ('power_state', 'vm_state', 'task_state')
+
+        def save():
+            if left[0] > 0:
+                left[0] -= 1
+                for field, value in kept:
+                    setattr(self.instance, field, value)
+                raise error
+
+        kept = [(field, getattr(self.instance, field)) for field in fields]
+        self.save.side_effect = save
+
+    def assert_delivered_on_attempt(self, delta, attempt, error_name):
+        self.assertEqual(1, delta['delivered'], delta)
+        self.assertEqual({}, delta['failed_by_error'], delta)
+        self.assertIn('for instance %s failed: ' % UUID, self.log)
+        self.assertIn('(attempt %d of 3)' % attempt, self.log)
+        self.assertEqual({error_name: attempt - 1},
+                         self.driver.event_path.status().retries)
+
+    def assert_failed_after_retries(self, delta, error_name):
+        self.assertEqual({error_name: 1}, delta['failed_by_error'], delta)
+        self.assertEqual(0, delta['delivered'], delta)
+        self.assertIn('for instance %s failed after 2 more attempts'
+                      % UUID, self.log)
+        self.assertEqual({error_name: 2},
+                         self.driver.event_path.status().retries)
 
     def test_db_connection_error_reading_the_instance(self):
         self.read_faults.append(db_exc.DBConnectionError(
             'Lost connection to MySQL server'))
         counts = Counts(self.ledger)
         self.pause()
-        self.assert_failed_with(counts.wait_ended(1), 'DBConnectionError')
+        self.assert_delivered_on_attempt(counts.wait_ended(1), 2,
+                                         'DBConnectionError')
         self.assert_path_alive()
 
     def test_db_deadlock_writing_the_power_state(self):
-        self.save.side_effect = db_exc.DBDeadlock()
+        self.saves_fail(db_exc.DBDeadlock(), 2)
         counts = Counts(self.ledger)
         self.guest_shuts_down()
-        self.assert_failed_with(counts.wait_ended(1), 'DBDeadlock')
-        # Nova wrote the power state before it would have called stop.
-        self.save.assert_called_once_with()
-        self.stop.assert_not_called()
-        self.save.side_effect = None
+        self.assert_delivered_on_attempt(counts.wait_ended(1), 3,
+                                         'DBDeadlock')
+        # Nova writes the power state before it calls stop: the first two
+        # attempts got that far, the third one on to the stop.
+        self.assertEqual(3, self.save.call_count)
+        self.stop.assert_called_once_with(mock.ANY, self.instance)
+        self.assertEqual(power_state.SHUTDOWN, self.instance.power_state)
         self.assert_path_alive()
 
     def test_conductor_timeout_reading_the_instance(self):
-        self.read_faults.append(oslo_messaging.MessagingTimeout(
-            'Timed out waiting for a reply to message ID 0123'))
+        # RabbitMQ restarted: the reply to the first read was lost.
+        self.read_faults.extend(oslo_messaging.MessagingTimeout(
+            'Timed out waiting for a reply to message ID 0123')
+            for _ in range(2))
         counts = Counts(self.ledger)
         self.pause()
-        self.assert_failed_with(counts.wait_ended(1), 'MessagingTimeout')
+        self.assert_delivered_on_attempt(counts.wait_ended(1), 3,
+                                         'MessagingTimeout')
         self.assert_path_alive()
 
     def test_database_error_relayed_by_the_conductor(self):
         # nova-compute has no database: a DB error in the conductor comes
         # back as a RemoteError.
-        self.save.side_effect = oslo_messaging.RemoteError(
-            'DBConnectionError', 'Lost connection to MySQL server', '')
+        self.saves_fail(oslo_messaging.RemoteError(
+            'DBConnectionError', 'Lost connection to MySQL server', ''), 3)
         counts = Counts(self.ledger)
         self.pause()
-        self.assert_failed_with(counts.wait_ended(1), 'RemoteError')
-        self.save.side_effect = None
+        self.assert_failed_after_retries(counts.wait_ended(1), 'RemoteError')
+        self.assertEqual(3, self.save.call_count)
+        self.assertEqual(power_state.RUNNING, self.instance.power_state)
+        self.assert_path_alive()
+
+    def test_other_errors_of_the_handler_are_not_tried_again(self):
+        self.read_faults.append(exception.NovaException('a bug'))
+        counts = Counts(self.ledger)
+        self.pause()
+        delta = counts.wait_ended(1)
+        self.assertEqual({'NovaException': 1}, delta['failed_by_error'])
+        # One read at the boot in setUp, one for the pause.
+        self.assertEqual(2, self.get_by_uuid.call_count)
+        self.assertEqual({}, self.driver.event_path.status().retries)
         self.assert_path_alive()
 
     def test_messaging_timeout_from_the_compute_api_stop(self):
@@ -405,17 +467,37 @@ class HandlerFaultTest(ManagerFaultTestCase):
         self.assert_path_alive()
 
     def test_database_down_for_a_run_of_events(self):
-        self.read_faults.extend(
-            db_exc.DBConnectionError('Lost connection to MySQL server')
-            for _ in range(20))
+        # Every read fails while the database is down; each event waiting
+        # for its next attempt is replaced by the next one, and only the
+        # last reaches Nova once the database is back.
+        down = threading.Event()
+        down.set()
+        read = self.get_by_uuid.side_effect
+
+        def read_unless_down(*args, **kwargs):
+            if down.is_set():
+                raise db_exc.DBConnectionError('Lost connection to MySQL')
+            return read(*args, **kwargs)
+
+        self.get_by_uuid.side_effect = read_unless_down
+        self.flags(delivery_retries=5, group='lifecycle')
         counts = Counts(self.ledger)
         for i in range(20):
             self.set_state(PAUSED if i % 2 else RUNNING)
             self.emit(libvirt_events.DOMAIN_EVENT_SUSPENDED if i % 2
                       else libvirt_events.DOMAIN_EVENT_RESUMED, 0)
+        delta = counts.wait(lambda d: d['received'] == 20 and
+                            d['cancelled'] == 19)
+        self.assertEqual(1, delta['pending'], delta)
+        # By the instance's latest event when each failure was settled.
+        reasons = delta['cancelled_by_reason']
+        self.assertEqual(19, sum(reasons.values()), reasons)
+        self.assertLessEqual(
+            set(reasons), {'superseded by Paused', 'superseded by Resumed'})
+        down.clear()
         delta = counts.wait_ended(20)
-        self.assertEqual({'DBConnectionError': 20}, delta['failed_by_error'])
-        self.assertEqual([], self.read_faults)
+        self.assertEqual((1, 0), (delta['delivered'], delta['failed']))
+        self.assertEqual(power_state.PAUSED, self.instance.power_state)
         self.assert_path_alive()
         self.stop_and_check_threads()
 

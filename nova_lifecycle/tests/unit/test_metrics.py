@@ -61,6 +61,9 @@ class MetricsTest(test_report.HeldStoppedTestCase):
         self.assertGreater(got[(P + 'oldest_pending_event_age_seconds',
                                 ())], 0)
         self.assertEqual(0, got[(P + 'dispatch_queue_depth', ())])
+        self.assertEqual(0, got[(P + 'events_awaiting_retry', ())])
+        self.assertNotIn(P + 'delivery_retries_total',
+                         {name for name, _ in got})
         # The one delivered event was timed; the held one not yet.
         self.assertEqual(1, got[(P + 'delivery_latency_seconds_count', ())])
         self.assertEqual(1, got[(P + 'delivery_latency_seconds_bucket',
