@@ -162,6 +162,10 @@ if [ -z "${NOVA_LIFECYCLE_TEST_ENVS:-}" ]; then
             "$NOVA_LIFECYCLE_SERVICES_DIR/venv/bin/python" -m mainjob \
             --deployment services --drivers plugin \
             --scenarios "$SERVICES_SCENARIOS"
+    else
+        echo "run-tests: the services are not all up; Tempest and the" \
+            "services scenarios did not run" >&2
+        status=1
     fi
     step "services down" ./tools/services.sh down
     soak_rc=0
