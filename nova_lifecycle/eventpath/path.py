@@ -138,12 +138,12 @@ class EventPath:
         self._holds = holds.HeldStops(self._dispatch, name + '-delayed')
         self._inbox = inbox.make_inbox(self._intake, name + '-inbox', green)
         self._reported = set()
-        # STOPPED events handed to Nova, by why libvirt says they stopped.
+        # STOPPED events handed to Nova, by why libvirt says they stopped;
+        # failed deliveries tried again, by error; one lock for both.
         self._stop_reasons = collections.Counter()
-        self._stop_reasons_lock = threading.Lock()
-        self._latency = histogram.Histogram()
-        # Failed deliveries tried again, by error.
         self._retries = collections.Counter()
+        self._tallies_lock = threading.Lock()
+        self._latency = histogram.Histogram()
         self._started = False
         self._stopped = False
         self._green = green
@@ -270,11 +270,11 @@ class EventPath:
         return True
 
     def _stopped_by_reason(self):
-        with self._stop_reasons_lock:
+        with self._tallies_lock:
             return dict(self._stop_reasons)
 
     def _retries_by_error(self):
-        with self._stop_reasons_lock:
+        with self._tallies_lock:
             return dict(self._retries)
 
     def threads_alive(self):
@@ -402,7 +402,7 @@ class EventPath:
                 LOG.info('Instance %s is off: during Nova\'s %s (libvirt: '
                          '%s); Nova was told.', event.uuid, operation, why)
                 why = 'during Nova\'s %s' % operation
-            with self._stop_reasons_lock:
+            with self._tallies_lock:
                 self._stop_reasons[why] += 1
         return delivered
 
@@ -459,14 +459,13 @@ class EventPath:
         delay = self._conf.delivery_retry_interval * 2 ** attempts
         not_held = self._holds.hold_again(event, entry, delay)
         if not_held is not None:
-            self._holds.ended(event)
             LOG.warning('Handling event %s for instance %s failed: %s; not '
                         'tried again: %s.', event, event.uuid, error,
                         not_held)
             entry.cancel(not_held)
             return True
         entry.retries = attempts + 1
-        with self._stop_reasons_lock:
+        with self._tallies_lock:
             self._retries[type(error).__name__] += 1
         LOG.warning('Handling event %s for instance %s failed: %s; trying '
                     'again in %.1fs (attempt %d of %d).', event, event.uuid,
