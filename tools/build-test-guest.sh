@@ -55,12 +55,10 @@ case "${1:-}" in
     *) echo "build-test-guest: FAILED: unknown argument '$1'" >&2; exit 2 ;;
 esac
 
-say() { echo "build-test-guest: $*" >&2; }
-
-fail() {
-    echo "build-test-guest: FAILED: $*" >&2
-    exit 1
-}
+TOOL=build-test-guest
+SAY_FD=2
+# shellcheck source=tools/common.sh
+. "$(dirname "$0")/common.sh"
 
 print_paths() {
     echo "$GUEST_DIR/vmlinuz"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks of the project's OpenStack integration files, as CI runs them:
 #   bashate       devstack/plugin.sh, devstack/settings, this script,
-#                 tools/services.sh
+#                 tools/common.sh, tools/services.sh, tools/tempest.sh
 #   zuul-lint     yamllint of zuul.d/ and playbooks/, zuul.d/ against the
 #                 Zuul configuration schema (zuulcilint, which also checks
 #                 that every playbook a job names exists), and Ansible's

@@ -94,12 +94,9 @@ LOG_DIR=/var/log/libvirt
 STATE=$RUN_DIR/nova-lifecycle-started
 TIMEOUT=${LIBVIRT_SETUP_TIMEOUT:-60}
 
-say() { echo "libvirt-setup: $*"; }
-
-fail() {
-    echo "libvirt-setup: FAILED: $*" >&2
-    exit 1
-}
+TOOL=libvirt-setup
+# shellcheck source=tools/common.sh
+. "$(dirname "$0")/common.sh"
 
 show_log() {
     local log=$LOG_DIR/$1.log
@@ -317,14 +314,9 @@ wait_for_libvirt() {
     done
 }
 
-require_root() {
-    if [ "$(id -u)" -ne 0 ]; then
-        fail "must run as root (installs packages, starts libvirtd)"
-    fi
-}
 
 do_start() {
-    require_root
+    require_root "installs packages, starts libvirtd"
     install_packages
     local changed
     changed=$(configure_qemu)
@@ -352,12 +344,12 @@ case "${1:---start}" in
         do_start
         ;;
     --stop)
-        require_root
+        require_root "installs packages, starts libvirtd"
         stop_daemon libvirtd
         stop_daemon virtlogd
         ;;
     --restart)
-        require_root
+        require_root "installs packages, starts libvirtd"
         pid=$(daemon_pid libvirtd)
         if [ -n "$pid" ] && ! started_here libvirtd; then
             fail "libvirtd (pid $pid) was not started by this script;" \

@@ -93,17 +93,9 @@ KEYSTONE_URL=http://$HOST_IP:5000/v3
 RABBIT_ENV=()
 START_ALL=$EPOCHREALTIME
 
-say() { echo "services: $*"; }
-
-fail() {
-    echo "services: FAILED: $*" >&2
-    exit 1
-}
-
-# Seconds since $1 (an $EPOCHREALTIME), one decimal.
-since() {
-    awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
-}
+TOOL=services
+# shellcheck source=tools/common.sh
+. "$TOP/tools/common.sh"
 
 # step <title> <function> [args]: run it, print one line with its time.
 step() {
@@ -111,10 +103,6 @@ step() {
     shift
     "$@"
     say "$(printf '%-44s %6s s' "$title" "$(since "$t0")")"
-}
-
-require_root() {
-    [ "$(id -u)" -eq 0 ] || fail "must run as root"
 }
 
 # alive <pid>: it exists and is no zombie (PID 1 here reaps late).
