@@ -10,9 +10,9 @@
 # and starts them); the all-in-one main job on Nova's fake libvirt; a real
 # single-host OpenStack (tools/services.sh: MariaDB, RabbitMQ, Keystone,
 # Glance, Placement, Neutron, Nova 34 in native threads on the real
-# libvirtd) with Tempest's server actions on both drivers and the main
-# job's services scenarios on the plugin, beside a 60 s soak of the event
-# path; then the OpenStack pieces (devstack plugin, Zuul config, release
+# libvirtd) with Tempest's server actions (all on the plugin, the
+# power-state part on upstream's driver) and the main job's services
+# scenarios on both drivers, beside a 60 s soak of the event path; then the OpenStack pieces (devstack plugin, Zuul config, release
 # notes, docs). Sets up what it needs first (tools/install-deps.sh). Each
 # step's time is printed at the end.
 set -euo pipefail
