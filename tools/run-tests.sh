@@ -36,8 +36,8 @@ CONFORMANCE_NOVA33_FUNCTIONAL='libvirt\.(test_power_manage|test_migration_addr|t
 CONFORMANCE_NOVA34_FUNCTIONAL='libvirt\.(test_power_manage|test_evacuate|test_migration_addr|test_live_migration|test_device_bus_migration|test_vif_model|test_shared_resource_provider|test_rt_servers|test_reshape|test_rescue_deleted_base)\.'
 # The main job's scenarios CI runs on the real services: on both drivers,
 # side by side in one table; then on the plugin alone (upstream's
-# nova-compute 34 hangs on SIGTERM while it holds a STOPPED, and is killed
-# after 90 s: doc/source/services.rst).
+# nova-compute 34 in native threads never exits on SIGTERM and is killed
+# after 90 s: doc/source/mainjob.rst).
 SERVICES_SCENARIOS=${NOVA_LIFECYCLE_SERVICES_SCENARIOS:-guest-poweroff,rabbitmq-restart}
 SERVICES_PLUGIN_SCENARIOS=${NOVA_LIFECYCLE_SERVICES_PLUGIN_SCENARIOS:-compute-sigterm}
 # Tempest: the whole list on the plugin; on upstream's driver the sample
