@@ -48,6 +48,11 @@ class _Hold:
         self.timer = None
         self.retry = retry
 
+    @property
+    def kind(self):
+        """What log lines call it: STOPPED, or the retried event's name."""
+        return self.event.get_name() if self.retry else 'STOPPED'
+
 
 def is_stopped(event):
     """True for Nova's STOPPED lifecycle event."""
@@ -110,8 +115,7 @@ class HeldStops:
             superseded.timer.cancel()
             reason = 'superseded by %s' % event.get_name()
             LOG.debug('%s event for instance %s cancelled: %s',
-                      superseded.event.get_name() if superseded.retry
-                      else 'STOPPED', event.uuid, reason)
+                      superseded.kind, event.uuid, reason)
             superseded.entry.cancel(reason)
 
     def hold_again(self, event, entry, delay):
@@ -204,9 +208,7 @@ class HeldStops:
             hold.timer.cancel()
             LOG.info('Pending %s event for instance %s dropped by '
                      'shutdown; the power state sync at the next start-up '
-                     'reconciles it.',
-                     'STOPPED' if not hold.retry else hold.event.get_name(),
-                     hold.event.uuid)
+                     'reconciles it.', hold.kind, hold.event.uuid)
             hold.entry.cancel(REASON_SHUTDOWN)
         self._timer.shutdown(wait=True, cancel_futures=True)
 
