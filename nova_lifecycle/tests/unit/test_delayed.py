@@ -197,6 +197,17 @@ class LaneTest(TestCase):
     def test_pending_remaining_follows_the_clock(self):
         clock = FrozenClock()
         d = self.make(clock)
+        # Due calls run on the scheduler thread: keep it busy in a first
+        # call, so that no task falls due and runs while pending() is read.
+        gate_entered, gate_open = threading.Event(), threading.Event()
+
+        def gate():
+            gate_entered.set()
+            gate_open.wait(WAIT)
+
+        d.submit_after(0, gate)
+        self.assertTrue(gate_entered.wait(WAIT))
+        self.addCleanup(gate_open.set)
         d.submit_after(20, str, 'b')
         d.submit_after(10, str, 'a')
         d.submit_after(5, str, 'gone').cancel()
